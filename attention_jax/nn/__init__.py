@@ -1,0 +1,1 @@
+"""Flax NNX modules: parameters and wiring only; the math lives in the functional core."""
