@@ -6,3 +6,14 @@ The functional API lives at the top level; modules are in :mod:`attention_jax.nn
 __version__ = "0.1.0"
 
 # --- functional core (each line re-exports one module's public names) ---
+from attention_jax.attention import additive_attention, attention_pool, dot_product_attention
+from attention_jax.dispatch import select_implementation
+from attention_jax.masks import (
+    attention_mask,
+    causal_mask,
+    combine_masks,
+    padding_mask,
+    segment_mask,
+    sliding_window_mask,
+)
+from attention_jax.softmax import log_softmax, softcap, softmax, softmax_one, sparsemax

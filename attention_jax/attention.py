@@ -1,0 +1,387 @@
+"""Scaled dot-product attention (materialized path), additive attention and attention pooling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax import softmax as _softmax
+from attention_jax._inputs import AttentionInputs, _float_array, canonicalize_attention_inputs
+from attention_jax.dispatch import select_implementation
+from attention_jax.masks import attention_mask, combine_masks
+
+__all__ = ["dot_product_attention", "additive_attention", "attention_pool", "NORMALIZERS"]
+
+
+def _sigmoid(logits, where=None):
+    w = jax.nn.sigmoid(logits)
+    return w if where is None else jnp.where(where, w, 0.0)
+
+
+NORMALIZERS: dict[str, Callable] = {
+    "softmax": _softmax.softmax,
+    "softmax_one": _softmax.softmax_one,
+    "sparsemax": _softmax.sparsemax,
+    "sigmoid": _sigmoid,
+}
+
+
+def _normalizer_fn(normalizer) -> Callable:
+    if callable(normalizer):
+        return normalizer
+    if normalizer not in NORMALIZERS:
+        raise ValueError(
+            f"normalizer must be one of {sorted(NORMALIZERS)} or a callable "
+            f"(logits, where) -> weights, got {normalizer!r}."
+        )
+    return NORMALIZERS[normalizer]
+
+
+def _check_options(softcap, dropout_rate, dropout_rng) -> None:
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be None or > 0, got {softcap}.")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError("dropout_rate > 0 needs a dropout_rng (a jax.random key).")
+
+
+def _logits_dtype(dtype):
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def materialized_logits_and_mask(
+    inp: AttentionInputs,
+    *,
+    is_causal: bool = False,
+    bias_fn: Callable | None = None,
+    softcap: float | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """The full ``[B, N, T, S]`` float32 logits and boolean mask of a canonical attention call.
+
+    logits = softcap(scale * q k^T) + bias (+ bias_fn(q_positions, k_positions)).
+    """
+    b, t, s, n, k, h = inp.dims
+    q = inp.query.reshape(b, t, k, n // k, h)
+    dtype = _logits_dtype(inp.query.dtype)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, inp.key, preferred_element_type=dtype)
+    logits = logits.reshape(b, n, t, s) * jnp.asarray(inp.scale, dtype)
+    if softcap is not None:
+        logits = softcap * jnp.tanh(logits / softcap)
+    if inp.bias is not None:
+        logits = logits + inp.bias.astype(dtype)
+    q_index, kv_index = jnp.arange(t), jnp.arange(s)
+    if bias_fn is not None:
+        q_pos = q_index if inp.q_positions is None else inp.q_positions
+        kv_pos = kv_index if inp.kv_positions is None else inp.kv_positions
+        logits = logits + jnp.asarray(bias_fn(q_pos, kv_pos)).astype(dtype)
+    mask = combine_masks(
+        inp.mask,
+        attention_mask(
+            q_index,
+            kv_index,
+            q_positions=inp.q_positions,
+            kv_positions=inp.kv_positions,
+            is_causal=is_causal,
+            local_window_size=inp.local_window_size,
+            query_seq_lengths=inp.query_seq_lengths,
+            key_value_seq_lengths=inp.key_value_seq_lengths,
+            q_segment_ids=inp.q_segment_ids,
+            kv_segment_ids=inp.kv_segment_ids,
+        ),
+    )
+    return logits, mask
+
+
+def _materialized_attention(
+    inp: AttentionInputs,
+    *,
+    is_causal,
+    bias_fn,
+    softcap,
+    normalizer,
+    dropout_rate,
+    dropout_rng,
+) -> tuple[jax.Array, jax.Array]:
+    b, t, s, n, k, h = inp.dims
+    logits, mask = materialized_logits_and_mask(
+        inp, is_causal=is_causal, bias_fn=bias_fn, softcap=softcap
+    )
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, logits.shape)
+    weights = _normalizer_fn(normalizer)(logits, where=mask)
+    if mask is not None:
+        # Guarantees zero weight on masked keys whatever a custom normalizer returns.
+        weights = jnp.where(mask, weights, 0.0)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum(
+        "bkgts,bskh->btkgh",
+        weights.reshape(b, k, n // k, t, s),
+        inp.value.astype(weights.dtype),
+    ).reshape(b, t, n, h)
+    if inp.query_seq_lengths is not None:
+        # Padded query rows output zeros, as in jax.nn.dot_product_attention.
+        valid = jnp.arange(t)[None, :] < inp.query_seq_lengths[:, None]
+        out = jnp.where(valid[:, :, None, None], out, 0.0)
+    return out.astype(inp.query.dtype), weights
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: jax.Array | None = None,
+    key_value_seq_lengths: jax.Array | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
+    query_positions: jax.Array | None = None,
+    key_value_positions: jax.Array | None = None,
+    bias_fn: Callable | None = None,
+    softcap: float | None = None,
+    normalizer: str | Callable = "softmax",
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    return_weights: bool = False,
+    implementation: str | None = None,
+):
+    r"""Scaled dot-product attention, a drop-in superset of ``jax.nn.dot_product_attention``.
+
+    .. math::
+      \mathrm{Attention}(Q, K, V) = \mathrm{normalize}\big(\mathrm{softcap}(s\,QK^\top) + B,
+      \ \mathrm{mask}\big)\,V
+
+    Shapes (``B`` batch, ``T`` queries, ``S`` keys, ``N`` query heads, ``K`` key/value heads,
+    ``H`` head dim)::
+
+      query: [B, T, N, H]    key, value: [B, S, K, H]    (or unbatched [T, N, H], [S, K, H])
+
+    ``N`` must be a multiple of ``K``: ``K == N`` is multi-head attention, ``1 < K < N``
+    grouped-query and ``K == 1`` multi-query attention; K/V heads are shared by groups of
+    ``N // K`` query heads without being repeated in memory.
+
+    Masking follows one convention: True = may attend. All mask sources (``mask``,
+    ``is_causal``, ``local_window_size``, the sequence lengths, ``segment_ids``) are combined
+    with a logical AND. A query row with no allowed key gets zero weights and outputs zeros
+    (``jax.nn.dot_product_attention`` gives such a row uniform weights). Logits, the
+    normalizer and the accumulation run in float32 whatever the input dtype; the output has
+    the input dtype.
+
+    Args:
+      query: ``[B, T, N, H]`` floating array.
+      key: ``[B, S, K, H]``, same dtype as ``query``.
+      value: ``[B, S, K, H]``, same dtype as ``query``.
+      bias: optional additive bias broadcastable to ``[B, N, T, S]``.
+      mask: optional boolean mask broadcastable to ``[B, N, T, S]``.
+      scale: logit scale, default ``1 / sqrt(H)``.
+      is_causal: mask keys at later positions than the query (query ``i`` sees keys
+        ``j <= i``, positions aligned at the start as in jax; see ``query_positions``).
+      query_seq_lengths: ``[B]`` int; query rows at index >= length are padding and output 0.
+      key_value_seq_lengths: ``[B]`` int; key columns at index >= length are masked.
+      local_window_size: ``(left, right)`` or int: query at position ``i`` sees keys in
+        ``[i - left, i + right]``.
+      segment_ids: ``[B, T]`` int (self-attention) or a pair ``([B, T], [B, S])``: queries
+        only see keys with the same id (packed sequences).
+      query_positions: ``[T]`` or ``[B, T]`` int positions of the queries for ``is_causal``,
+        ``local_window_size`` and ``bias_fn`` (default ``arange(T)``; cached decoding passes
+        ``cache_length + arange(T)``).
+      key_value_positions: ``[S]`` or ``[B, S]`` int positions of the keys
+        (default ``arange(S)``).
+      bias_fn: optional ``(q_positions, k_positions) -> bias`` broadcastable to
+        ``[B, N, t, s]`` (ALiBi, T5 relative bias). The materialized path evaluates it on the
+        full grid, the flash path per block.
+      softcap: optional positive float: logits become ``softcap * tanh(logits / softcap)``
+        before the bias is added.
+      normalizer: ``"softmax"``, ``"softmax_one"``, ``"sparsemax"``, ``"sigmoid"`` or a
+        callable ``(logits, where) -> weights``.
+      dropout_rate: attention-weight dropout rate in ``[0, 1)``.
+      dropout_rng: a ``jax.random`` key, required when ``dropout_rate > 0``.
+      return_weights: also return the float32 weights ``[B, N, T, S]`` (materialized path).
+      implementation: None (choose; see :func:`attention_jax.select_implementation`) or a name
+        from ``attention_jax.dispatch.IMPLEMENTATIONS`` (``"xla"`` = materialized).
+
+    Returns:
+      ``[B, T, N, H]`` (``[T, N, H]`` unbatched) in the dtype of ``query``; with
+      ``return_weights=True`` the pair ``(output, weights)``.
+
+    Raises:
+      TypeError, ValueError: at trace time, naming the argument and shapes (see
+        :func:`attention_jax._inputs.canonicalize_attention_inputs`), for an unknown
+        normalizer or implementation, or a forced implementation that cannot serve the options.
+    """
+    inp = canonicalize_attention_inputs(
+        query,
+        key,
+        value,
+        bias,
+        mask,
+        scale=scale,
+        query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths,
+        local_window_size=local_window_size,
+        segment_ids=segment_ids,
+        query_positions=query_positions,
+        key_value_positions=key_value_positions,
+    )
+    _normalizer_fn(normalizer)
+    _check_options(softcap, dropout_rate, dropout_rng)
+    selection = select_implementation(
+        inp.query,
+        inp.key,
+        implementation=implementation,
+        normalizer=normalizer,
+        dropout_rate=dropout_rate,
+        return_weights=return_weights,
+        bias=inp.bias,
+        mask=inp.mask,
+        is_causal=is_causal,
+        query_seq_lengths=inp.query_seq_lengths,
+        key_value_seq_lengths=inp.key_value_seq_lengths,
+        local_window_size=inp.local_window_size,
+        segment_ids=inp.q_segment_ids,
+        query_positions=inp.q_positions,
+        key_value_positions=inp.kv_positions,
+        bias_fn=bias_fn,
+        softcap=softcap,
+    )
+    weights = None
+    if selection.name == "xla":
+        out, weights = _materialized_attention(
+            inp,
+            is_causal=is_causal,
+            bias_fn=bias_fn,
+            softcap=softcap,
+            normalizer=normalizer,
+            dropout_rate=dropout_rate,
+            dropout_rng=dropout_rng,
+        )
+    else:  # pragma: no cover - every name in IMPLEMENTATIONS has a branch above
+        raise NotImplementedError(selection.name)
+    if inp.unbatched:
+        out = out[0]
+        weights = None if weights is None else weights[0]
+    return (out, weights) if return_weights else out
+
+
+def additive_attention(
+    query: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    params: dict[str, jax.Array],
+    *,
+    mask: jax.Array | None = None,
+    return_weights: bool = False,
+):
+    r"""Additive (Bahdanau) attention: :math:`e_j = v^\top \tanh(W_q q + W_k k_j)`.
+
+    Bahdanau, Cho & Bengio 2015. The weights are ``softmax(e)`` over the keys and the output
+    is their weighted sum of ``values``.
+
+    Args:
+      query: ``[B, Dq]`` (one decoder state per example) or ``[B, T, Dq]``.
+      keys: ``[B, S, Dk]``.
+      values: ``[B, S, Dv]``.
+      params: ``{"w_query": [Dq, A], "w_key": [Dk, A], "v": [A]}``.
+      mask: optional boolean mask broadcastable to ``[B, S]`` (``[B, T, S]`` for 3-D queries).
+      return_weights: also return the weights ``[B, S]`` (``[B, T, S]``).
+
+    Returns:
+      ``[B, Dv]`` (``[B, T, Dv]``), with the weights when ``return_weights=True``.
+    """
+    query, keys, values = (
+        _float_array(query, "query"),
+        _float_array(keys, "keys"),
+        _float_array(values, "values"),
+    )
+    missing = {"w_query", "w_key", "v"} - set(params)
+    if missing:
+        raise ValueError(f"params is missing {sorted(missing)}; it needs w_query, w_key and v.")
+    w_q, w_k, v = params["w_query"], params["w_key"], params["v"]
+    if keys.ndim != 3 or values.ndim != 3 or keys.shape[:2] != values.shape[:2]:
+        raise ValueError(
+            f"keys [B, S, Dk] and values [B, S, Dv] must agree on B and S, got {keys.shape}, "
+            f"{values.shape}."
+        )
+    if query.ndim not in (2, 3) or query.shape[0] != keys.shape[0]:
+        raise ValueError(
+            f"query must be [B, Dq] or [B, T, Dq] with B={keys.shape[0]}, got {query.shape}."
+        )
+    if w_q.shape != (query.shape[-1], v.shape[0]) or w_k.shape != (keys.shape[-1], v.shape[0]):
+        raise ValueError(
+            f"params shapes w_query {w_q.shape}, w_key {w_k.shape}, v {v.shape} do not fit "
+            f"query {query.shape} and keys {keys.shape}."
+        )
+    single = query.ndim == 2
+    q = query[:, None] if single else query
+    hidden = jnp.tanh((q @ w_q)[:, :, None, :] + (keys @ w_k)[:, None, :, :])  # [B, T, S, A]
+    scores = hidden @ v  # [B, T, S]
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        b, t, s = scores.shape
+        _check_broadcast(mask, "mask", (b, s) if single else (b, t, s))
+        if single:
+            mask = jnp.broadcast_to(mask, (b, s))[:, None]
+    weights = _softmax.softmax(scores, where=mask)
+    out = jnp.einsum("bts,bsd->btd", weights, values.astype(weights.dtype)).astype(values.dtype)
+    if single:
+        out, weights = out[:, 0], weights[:, 0]
+    return (out, weights) if return_weights else out
+
+
+def attention_pool(
+    values: jax.Array,
+    query: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    return_weights: bool = False,
+):
+    r"""Attention pooling of a sequence into one vector.
+
+    .. math::
+      w = \mathrm{softmax}(X q), \qquad \mathrm{out} = \sum_s w_s X_s
+
+    Args:
+      values: ``[B, S, D]`` sequence to pool.
+      query: ``[D]`` (a learned query shared by the batch) or ``[B, D]``.
+      mask: optional boolean ``[B, S]``; masked positions get zero weight (a fully masked
+        sequence pools to zeros).
+      return_weights: also return the weights ``[B, S]``.
+
+    Returns:
+      ``[B, D]``, with the weights when ``return_weights=True``.
+    """
+    values = _float_array(values, "values")
+    query = _float_array(query, "query")
+    if values.ndim != 3:
+        raise ValueError(f"values must be [B, S, D], got {values.shape}.")
+    b, s, d = values.shape
+    if query.shape not in ((d,), (b, d)):
+        raise ValueError(f"query must be [D]=({d},) or [B, D]=({b}, {d}), got {query.shape}.")
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        _check_broadcast(mask, "mask", (b, s))
+    dtype = _logits_dtype(values.dtype)
+    scores = jnp.einsum("bsd,...d->bs", values.astype(dtype), query.astype(dtype))
+    weights = _softmax.softmax(scores, where=mask)
+    out = jnp.einsum("bs,bsd->bd", weights, values.astype(dtype)).astype(values.dtype)
+    return (out, weights) if return_weights else out
+
+
+def _check_broadcast(mask: jax.Array, name: str, shape) -> None:
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"{name} must be boolean, got dtype {mask.dtype}.")
+    try:
+        if jnp.broadcast_shapes(mask.shape, tuple(shape)) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {mask.shape} does not broadcast to {tuple(shape)}."
+        ) from None
