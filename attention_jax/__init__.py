@@ -16,4 +16,15 @@ from attention_jax.masks import (
     segment_mask,
     sliding_window_mask,
 )
+from attention_jax.positional import (
+    RopeScaling,
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    relative_positions,
+    rope_frequencies,
+    sinusoidal_encoding,
+    t5_relative_bias,
+    t5_relative_position_bucket,
+)
 from attention_jax.softmax import log_softmax, softcap, softmax, softmax_one, sparsemax

@@ -1,0 +1,580 @@
+"""Positional encodings as pure functions.
+
+Four families, each plugging in at a different place (see ``DESIGN.md``):
+
+* absolute tables added to token embeddings: :func:`sinusoidal_encoding`;
+* rotations of queries and keys: :func:`apply_rope` (with :class:`RopeScaling` for
+  longer contexts than trained on);
+* additive biases on the attention logits: :func:`alibi_bias` (slopes from
+  :func:`alibi_slopes`) and :func:`t5_relative_bias` (buckets from
+  :func:`t5_relative_position_bucket`).
+
+Positions are explicit integer arrays everywhere, so the same call serves training,
+packed sequences and cached decoding (where positions start at the cache length).
+Static configuration (dimensions, ``base``, ``fraction``, ``scaling``, bucket counts) is
+keyword-only and must be plain Python values; positions may be traced. Frequency and
+bucket tables depend only on the static configuration, so they are computed in float64
+NumPy at trace time and enter the computation as float32/int32 constants.
+
+Shape letters used throughout::
+
+  B = batch size
+  T = query length
+  S = key length
+  N = number of heads
+  H = head dimension
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+__all__ = [
+    "RopeScaling",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rope",
+    "relative_positions",
+    "rope_frequencies",
+    "sinusoidal_encoding",
+    "t5_relative_bias",
+    "t5_relative_position_bucket",
+]
+
+_ROPE_SCALING_KINDS = ("linear", "ntk", "yarn")
+# YaRN's ramp boundaries in rotations per original context (Peng et al. 2023, Sec. 3.2;
+# the defaults of the reference implementation and of Hugging Face).
+_YARN_BETA_FAST = 32.0
+_YARN_BETA_SLOW = 1.0
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _int_positions(positions: ArrayLike, name: str, fn: str) -> jax.Array:
+    positions = jnp.asarray(positions)
+    if not jnp.issubdtype(positions.dtype, jnp.integer):
+        raise TypeError(f"{fn}: {name} must be an integer array; got dtype {positions.dtype}")
+    return positions
+
+
+def _vector_positions(positions: ArrayLike, name: str, fn: str) -> jax.Array:
+    positions = _int_positions(positions, name, fn)
+    if positions.ndim != 1:
+        raise ValueError(f"{fn}: {name} must be 1-D [T]; got shape {positions.shape}")
+    return positions
+
+
+def _check_base(base, fn: str) -> None:
+    if not _is_real(base) or not math.isfinite(base) or base <= 1:
+        raise ValueError(f"{fn}: base must be a finite real number > 1; got base={base!r}")
+
+
+def _relative(q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
+    """``[T, S]`` int32 key position minus query position."""
+    q = q_positions.astype(jnp.int32)
+    k = k_positions.astype(jnp.int32)
+    return k[None, :] - q[:, None]
+
+
+# ------------------------------------------------------------------------- sinusoidal
+
+
+def sinusoidal_encoding(positions: ArrayLike | int, dim: int, *, base: float = 10000.0):
+    r"""Fixed sinusoidal position table (Vaswani et al. 2017, Sec. 3.5).
+
+    .. math::
+
+      PE[p, 2i] = \sin(p / \mathrm{base}^{2i/d}), \qquad
+      PE[p, 2i+1] = \cos(p / \mathrm{base}^{2i/d})
+
+    Sine and cosine are interleaved along the last axis exactly as in the paper's formula.
+
+    Args:
+      positions: integer array of any shape ``[...]``, or a Python int ``L`` meaning
+        ``arange(L)``.
+      dim: even model dimension ``d``.
+      base: wavelength base (keyword-only, static).
+
+    Returns:
+      float32 array ``[..., dim]`` (``[L, dim]`` for an int ``positions``).
+
+    Raises:
+      ValueError: ``dim`` is not a positive even int, ``base`` <= 1, or a negative length.
+      TypeError: ``positions`` is not integer.
+    """
+    fn = "sinusoidal_encoding"
+    if not _is_int(dim) or dim < 2 or dim % 2:
+        raise ValueError(f"{fn}: dim must be a positive even int (sin/cos pairs); got dim={dim!r}")
+    _check_base(base, fn)
+    if _is_int(positions):
+        if positions < 0:
+            raise ValueError(f"{fn}: length must be >= 0; got positions={positions}")
+        positions = jnp.arange(positions, dtype=jnp.int32)
+    else:
+        positions = _int_positions(positions, "positions", fn)
+    inv_freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    return table.reshape(*positions.shape, dim)
+
+
+# ------------------------------------------------------------------------------- RoPE
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """How to stretch RoPE beyond the context it was trained on (static, hashable).
+
+    Attributes:
+      kind: one of
+
+        * ``"linear"``: position interpolation (Chen et al. 2023): positions are divided
+          by ``factor``, i.e. every inverse frequency is divided by ``factor``.
+        * ``"ntk"``: NTK-aware base scaling: ``base' = base * factor ** (d / (d - 2))``
+          with ``d`` the number of rotated dims; high frequencies barely change while the
+          lowest one is interpolated by ``factor``.
+        * ``"yarn"``: YaRN (Peng et al. 2023), "NTK-by-parts" interpolation plus an
+          attention temperature. For pair ``i`` of ``d`` rotated dims with inverse
+          frequency ``theta_i = base ** (-2i/d)``::
+
+            low  = max(floor(c(beta_fast)), 0)
+            high = min(ceil(c(beta_slow)), d - 1)
+            c(r) = d * ln(original_max_len / (2 pi r)) / (2 ln base)
+            ramp_i = clip((i - low) / (high - low), 0, 1)
+            theta'_i = theta_i / factor * ramp_i + theta_i * (1 - ramp_i)
+
+          with ``beta_fast = 32`` and ``beta_slow = 1`` (as in the paper's code and in
+          Hugging Face ``_compute_yarn_parameters``): pairs that rotate more than 32 times
+          over the original context are kept, fewer than once are interpolated, linear in
+          between. The temperature ``mscale = 0.1 * ln(factor) + 1`` multiplies the
+          *rotated* dims of whatever :func:`apply_rope` is applied to; applied to both
+          ``q`` and ``k`` it scales their rotated part of the logits by ``mscale ** 2``
+          (the paper's ``sqrt(1/t) = mscale`` on each of ``q`` and ``k``). Pass-through
+          dims of a partial rotary are not scaled (as in Hugging Face).
+
+      factor: context extension factor ``s >= 1``; every kind is plain RoPE at 1.
+      original_max_len: context length trained on. Required for ``"yarn"`` (it fixes
+        which frequencies are interpolated); optional and unused by the other kinds.
+    """
+
+    kind: str
+    factor: float
+    original_max_len: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in _ROPE_SCALING_KINDS:
+            raise ValueError(
+                f"RopeScaling: unknown kind {self.kind!r}; expected one of {_ROPE_SCALING_KINDS}"
+            )
+        if not _is_real(self.factor) or not math.isfinite(self.factor) or self.factor < 1:
+            raise ValueError(f"RopeScaling: factor must be a real number >= 1; got {self.factor!r}")
+        if self.original_max_len is None:
+            if self.kind == "yarn":
+                raise ValueError("RopeScaling: kind='yarn' needs original_max_len (a positive int)")
+        elif not _is_int(self.original_max_len) or self.original_max_len < 1:
+            raise ValueError(
+                "RopeScaling: original_max_len must be a positive int; "
+                f"got {self.original_max_len!r}"
+            )
+
+    @property
+    def attention_factor(self) -> float:
+        """Multiplier on the rotated dims: ``0.1 * ln(factor) + 1`` for YaRN, else 1."""
+        if self.kind == "yarn":
+            return 0.1 * math.log(self.factor) + 1.0
+        return 1.0
+
+
+def _yarn_inverse_frequencies(inv_freq: np.ndarray, rot_dim: int, base: float, scaling):
+    def correction_dim(num_rotations: float) -> float:
+        # Pair index whose wavelength fits `num_rotations` times into the original context.
+        return (
+            rot_dim
+            * math.log(scaling.original_max_len / (num_rotations * 2 * math.pi))
+            / (2 * math.log(base))
+        )
+
+    low = max(math.floor(correction_dim(_YARN_BETA_FAST)), 0)
+    high = min(math.ceil(correction_dim(_YARN_BETA_SLOW)), rot_dim - 1)
+    if low == high:
+        high += 0.001  # keeps the ramp finite, as in the reference code
+    ramp = np.clip((np.arange(rot_dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    return inv_freq / scaling.factor * ramp + inv_freq * (1.0 - ramp)
+
+
+def rope_frequencies(
+    rot_dim: int, *, base: float = 10000.0, scaling: RopeScaling | None = None
+) -> jax.Array:
+    r"""Inverse frequencies of RoPE, ``theta_i = base ** (-2i / rot_dim)``, after scaling.
+
+    Computed in float64 at trace time (everything here is static), returned as float32.
+    YaRN's attention temperature is not part of this; see
+    :attr:`RopeScaling.attention_factor`.
+
+    Args:
+      rot_dim: number of rotated dims ``d`` (even, > 0).
+      base: frequency base (keyword-only, static).
+      scaling: optional :class:`RopeScaling`.
+
+    Returns:
+      float32 array ``[rot_dim // 2]``; pair ``i`` rotates by ``position * theta_i``.
+    """
+    fn = "rope_frequencies"
+    if not _is_int(rot_dim) or rot_dim < 2 or rot_dim % 2:
+        raise ValueError(f"{fn}: rot_dim must be a positive even int; got {rot_dim!r}")
+    _check_base(base, fn)
+    if scaling is not None and not isinstance(scaling, RopeScaling):
+        raise TypeError(f"{fn}: scaling must be a RopeScaling or None; got {type(scaling)}")
+    kind = None if scaling is None else scaling.kind
+    if kind == "ntk" and scaling.factor != 1:
+        if rot_dim < 4:
+            raise ValueError(f"{fn}: ntk scaling needs at least 4 rotated dims; got {rot_dim}")
+        base = base * scaling.factor ** (rot_dim / (rot_dim - 2))
+    inv_freq = base ** (-np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim)
+    if kind == "linear":
+        inv_freq = inv_freq / scaling.factor
+    elif kind == "yarn":
+        inv_freq = _yarn_inverse_frequencies(inv_freq, rot_dim, base, scaling)
+    return jnp.asarray(inv_freq, dtype=jnp.float32)
+
+
+def _rotary_dim(head_dim: int, fraction, fn: str) -> int:
+    if not _is_real(fraction) or not 0 < fraction <= 1:
+        raise ValueError(f"{fn}: fraction must be in (0, 1]; got fraction={fraction!r}")
+    if fraction == 1:
+        if head_dim % 2:
+            raise ValueError(
+                f"{fn}: head dim H must be even to rotate pairs of dims; got H={head_dim}"
+            )
+        return head_dim
+    rot = fraction * head_dim
+    rot_int = round(rot)
+    if abs(rot - rot_int) > 1e-9 or rot_int < 2 or rot_int % 2:
+        raise ValueError(
+            f"{fn}: fraction * H must be a positive even integer (rotated dims come in "
+            f"pairs); got fraction={fraction}, H={head_dim} -> {rot:g} rotated dims"
+        )
+    return rot_int
+
+
+def apply_rope(
+    x: ArrayLike,
+    positions: ArrayLike,
+    *,
+    base: float = 10000.0,
+    fraction: float = 1.0,
+    interleaved: bool = False,
+    scaling: RopeScaling | None = None,
+) -> jax.Array:
+    r"""Rotary position embedding (Su et al. 2021) of queries or keys.
+
+    Each pair of dims :math:`(a, b)` of the first ``rot = fraction * H`` dims is rotated by
+    the angle :math:`p \theta_i` of its position :math:`p`, with
+    :math:`\theta_i = \mathrm{base}^{-2i/\mathrm{rot}}`:
+
+    .. math::
+
+      \begin{pmatrix} a' \\ b' \end{pmatrix} =
+      \begin{pmatrix} \cos p\theta_i & -\sin p\theta_i \\
+                      \sin p\theta_i & \cos p\theta_i \end{pmatrix}
+      \begin{pmatrix} a \\ b \end{pmatrix}
+
+    so that :math:`\langle \mathrm{rope}(q, m), \mathrm{rope}(k, n) \rangle` depends on the
+    positions only through :math:`m - n`. The rotation is a norm-preserving linear map;
+    negative positions rotate backwards.
+
+    Args:
+      x: floating array ``[B, T, N, H]`` or ``[T, N, H]``.
+      positions: integer array ``[B, T]`` or ``[T]`` (``[T]`` is shared across the batch).
+        May be traced.
+      base: frequency base (keyword-only, static).
+      fraction: share of the head dim that is rotated (partial rotary, GPT-NeoX/GPT-J);
+        ``fraction * H`` must be an even integer. The remaining dims pass through
+        unchanged.
+      interleaved: ``False`` rotates pairs ``(x[i], x[i + rot/2])`` (GPT-NeoX / LLaMA);
+        ``True`` rotates ``(x[2i], x[2i+1])`` (RoFormer paper).
+      scaling: optional :class:`RopeScaling` (linear, ntk or yarn). With ``"yarn"`` the
+        rotated dims are also multiplied by ``scaling.attention_factor``.
+
+    Returns:
+      array with the shape and dtype of ``x``; the rotation is computed in float32.
+
+    Raises:
+      TypeError: ``x`` is not floating, ``positions`` not integer, or ``scaling`` has the
+        wrong type.
+      ValueError: wrong rank, positions shape not matching ``x``, odd ``H``, or ``fraction``
+        giving an odd or zero number of rotated dims.
+    """
+    fn = "apply_rope"
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{fn}: x must be a floating array; got dtype {x.dtype}")
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{fn}: x must be [B, T, N, H] or [T, N, H]; got shape {x.shape}")
+    positions = _int_positions(positions, "positions", fn)
+    seq_len, head_dim = x.shape[-3], x.shape[-1]
+    if positions.shape not in ((seq_len,), x.shape[:-2]):
+        expected = "[B, T] or [T]" if x.ndim == 4 else "[T]"
+        raise ValueError(
+            f"{fn}: positions must be {expected} matching x {x.shape}; "
+            f"got positions shape {positions.shape}"
+        )
+    rot = _rotary_dim(head_dim, fraction, fn)
+    inv_freq = rope_frequencies(rot, base=base, scaling=scaling)
+
+    # [..., T, 1, rot/2]: one angle per position and pair, shared by all heads.
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    if scaling is not None and scaling.attention_factor != 1.0:
+        cos = cos * scaling.attention_factor
+        sin = sin * scaling.attention_factor
+
+    xr = x[..., :rot].astype(jnp.float32)
+    if interleaved:
+        first, second = xr[..., 0::2], xr[..., 1::2]
+    else:
+        first, second = xr[..., : rot // 2], xr[..., rot // 2 :]
+    out_first = first * cos - second * sin
+    out_second = second * cos + first * sin
+    if interleaved:
+        rotated = jnp.stack([out_first, out_second], axis=-1).reshape(xr.shape)
+    else:
+        rotated = jnp.concatenate([out_first, out_second], axis=-1)
+    rotated = rotated.astype(x.dtype)
+    if rot == head_dim:
+        return rotated
+    # Pass-through dims are copied, not round-tripped through float32.
+    return jnp.concatenate([rotated, x[..., rot:]], axis=-1)
+
+
+# ------------------------------------------------------------------------------ ALiBi
+
+
+def alibi_slopes(num_heads: int) -> jax.Array:
+    r"""Per-head ALiBi slopes (Press et al. 2022).
+
+    For :math:`N` a power of two the slopes are the geometric sequence
+    :math:`2^{-8k/N}`, :math:`k = 1..N` (for 8 heads :math:`1/2, 1/4, \dots, 1/256`).
+    Otherwise, with :math:`n` the largest power of two below :math:`N`: the :math:`n`
+    slopes for :math:`n` heads followed by every other slope for :math:`2n` heads,
+    ``get_slopes(2n)[0::2][: N - n]`` (the paper's recipe).
+
+    Args:
+      num_heads: number of heads ``N >= 1`` (static).
+
+    Returns:
+      float32 array ``[N]``.
+    """
+    if not _is_int(num_heads) or num_heads < 1:
+        raise ValueError(f"alibi_slopes: num_heads must be an int >= 1; got {num_heads!r}")
+
+    def power_of_two(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
+
+    n = 1 << (num_heads.bit_length() - 1)
+    slopes = power_of_two(n)
+    if n < num_heads:
+        slopes += power_of_two(2 * n)[0::2][: num_heads - n]
+    return jnp.asarray(np.asarray(slopes), dtype=jnp.float32)
+
+
+def alibi_bias(slopes: ArrayLike, q_positions: ArrayLike, k_positions: ArrayLike) -> jax.Array:
+    r"""ALiBi attention bias :math:`b[h, i, j] = -m_h \, |p_i - p_j|`.
+
+    Added to the logits together with a causal mask this is the paper's linear bias;
+    without one it is its symmetric (bidirectional) variant. It is also a ``bias_fn``:
+    ``functools.partial(alibi_bias, slopes)`` maps ``(q_positions, k_positions)`` of any
+    block to that block's bias.
+
+    Args:
+      slopes: ``[N]`` per-head slopes, e.g. :func:`alibi_slopes`.
+      q_positions: integer ``[T]`` query positions (may be traced).
+      k_positions: integer ``[S]`` key positions (may be traced).
+
+    Returns:
+      float32 array ``[N, T, S]``.
+    """
+    fn = "alibi_bias"
+    slopes = jnp.asarray(slopes)
+    if slopes.ndim != 1:
+        raise ValueError(f"{fn}: slopes must be 1-D [N]; got shape {slopes.shape}")
+    q = _vector_positions(q_positions, "q_positions", fn)
+    k = _vector_positions(k_positions, "k_positions", fn)
+    distance = jnp.abs(_relative(q, k)).astype(jnp.float32)
+    return -slopes.astype(jnp.float32)[:, None, None] * distance
+
+
+# --------------------------------------------------------------- relative positions, T5
+
+
+def relative_positions(q_len: int, kv_len: int, *, offset: ArrayLike = 0) -> jax.Array:
+    r"""Key position minus query position, :math:`r[i, j] = j - (i + \mathrm{offset})`.
+
+    Queries sit at positions ``offset .. offset + q_len - 1`` and keys at ``0 .. kv_len - 1``;
+    ``offset = kv_len - q_len`` puts the queries at the end of a longer (cached) key
+    sequence.
+
+    Args:
+      q_len: number of queries ``T`` (static int >= 0).
+      kv_len: number of keys ``S`` (static int >= 0).
+      offset: integer scalar (keyword-only; may be traced).
+
+    Returns:
+      int32 array ``[T, S]``.
+    """
+    fn = "relative_positions"
+    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{fn}: {name} must be an int >= 0; got {name}={value!r}")
+    offset = _int_positions(offset, "offset", fn)
+    if offset.ndim != 0:
+        raise ValueError(f"{fn}: offset must be a scalar; got shape {offset.shape}")
+    q = jnp.arange(q_len, dtype=jnp.int32) + offset.astype(jnp.int32)
+    return _relative(q, jnp.arange(kv_len, dtype=jnp.int32))
+
+
+def _check_t5_config(num_buckets, max_distance, bidirectional, fn: str) -> int:
+    """Validates the static bucket config; returns the buckets per direction."""
+    if not isinstance(bidirectional, bool):
+        raise TypeError(f"{fn}: bidirectional must be a bool; got {bidirectional!r}")
+    min_buckets = 4 if bidirectional else 2
+    if not _is_int(num_buckets) or num_buckets < min_buckets:
+        raise ValueError(
+            f"{fn}: num_buckets must be an int >= {min_buckets} "
+            f"(bidirectional={bidirectional}); got num_buckets={num_buckets!r}"
+        )
+    per_direction = num_buckets // 2 if bidirectional else num_buckets
+    max_exact = per_direction // 2
+    if not _is_int(max_distance) or max_distance <= max_exact:
+        raise ValueError(
+            f"{fn}: max_distance must be an int > {max_exact} (the exactly bucketed "
+            f"distances for num_buckets={num_buckets}, bidirectional={bidirectional}); "
+            f"got max_distance={max_distance!r}"
+        )
+    return per_direction
+
+
+@functools.lru_cache(maxsize=64)
+def _t5_distance_buckets(per_direction: int, max_distance: int) -> np.ndarray:
+    """Bucket of each distance ``0 .. max_distance`` (larger distances share the last).
+
+    Evaluated once in float64 so that distances where the formula is an exact integer
+    (16, 32, 64 for the default config) never fall a bucket short through float32 `log`.
+    """
+    n = np.arange(max_distance + 1, dtype=np.float64)
+    max_exact = per_direction // 2
+    log_ratio = np.log(np.maximum(n, max_exact) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + np.floor(log_ratio * (per_direction - max_exact))
+    buckets = np.where(n < max_exact, n, np.minimum(large, per_direction - 1)).astype(np.int32)
+    buckets.setflags(write=False)
+    return buckets
+
+
+def _t5_buckets(relative_position, bidirectional, num_buckets, max_distance, fn) -> jax.Array:
+    per_direction = _check_t5_config(num_buckets, max_distance, bidirectional, fn)
+    relative_position = _int_positions(relative_position, "relative_position", fn)
+    relative_position = relative_position.astype(jnp.int32)
+    if bidirectional:
+        # Keys after the query use the upper half of the buckets.
+        shift = jnp.where(relative_position > 0, per_direction, 0)
+        distance = jnp.abs(relative_position)
+    else:
+        # Keys after the query all share bucket 0 with distance 0.
+        shift = 0
+        distance = jnp.maximum(-relative_position, 0)
+    table = jnp.asarray(_t5_distance_buckets(per_direction, max_distance))
+    return shift + table[jnp.minimum(distance, max_distance)]
+
+
+def t5_relative_position_bucket(
+    relative_position: ArrayLike,
+    *,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> jax.Array:
+    r"""T5's relative-position buckets (Raffel et al. 2020; Mesh TF / Hugging Face).
+
+    With ``relative_position = key position - query position``: when ``bidirectional``,
+    half the buckets serve keys after the query (offset by ``num_buckets // 2``) and
+    distances are absolute; otherwise keys after the query all map to bucket 0. Within a
+    direction with :math:`n_b` buckets and :math:`e = \lfloor n_b / 2 \rfloor` exact ones, distance
+    :math:`n` maps to
+
+    .. math::
+
+      n \ \text{if } n < e, \quad \text{else} \quad
+      \min\left(e + \left\lfloor \frac{\ln(n / e)}{\ln(\mathrm{max\_distance} / e)}
+      (n_b - e) \right\rfloor,\ n_b - 1\right).
+
+    The ids equal Hugging Face's ``_relative_position_bucket``; the logarithm is taken in
+    float64 at trace time (a table over distances ``0..max_distance``), so boundary
+    distances are never off by one from the formula. An odd ``num_buckets`` with
+    ``bidirectional`` is allowed as in T5 (the last bucket is then unused).
+
+    Args:
+      relative_position: integer array of any shape ``[...]``.
+      bidirectional: see above (keyword-only, static).
+      num_buckets: total buckets, >= 4 bidirectional or >= 2 otherwise (static).
+      max_distance: distances at and beyond it share the last bucket of their direction;
+        must exceed the exact range :math:`e` (static).
+
+    Returns:
+      int32 array ``[...]`` with values in ``[0, num_buckets)``.
+    """
+    return _t5_buckets(
+        relative_position, bidirectional, num_buckets, max_distance, "t5_relative_position_bucket"
+    )
+
+
+def t5_relative_bias(
+    table: ArrayLike,
+    q_positions: ArrayLike,
+    k_positions: ArrayLike,
+    *,
+    bidirectional: bool = True,
+    max_distance: int = 128,
+) -> jax.Array:
+    r"""T5 attention bias: a learned table gathered at the bucket of ``k - q``.
+
+    :math:`b[h, i, j] = \mathrm{table}[\mathrm{bucket}(p^k_j - p^q_i), h]` with the buckets of
+    :func:`t5_relative_position_bucket` (``num_buckets = table.shape[0]``). As a
+    ``bias_fn``: ``functools.partial(t5_relative_bias, table)``.
+
+    Args:
+      table: floating ``[num_buckets, N]``.
+      q_positions: integer ``[T]`` (may be traced).
+      k_positions: integer ``[S]`` (may be traced).
+      bidirectional: keyword-only, static; see :func:`t5_relative_position_bucket`.
+      max_distance: keyword-only, static.
+
+    Returns:
+      array ``[N, T, S]`` in ``table``'s dtype.
+    """
+    fn = "t5_relative_bias"
+    table = jnp.asarray(table)
+    if table.ndim != 2:
+        raise ValueError(f"{fn}: table must be [num_buckets, N]; got shape {table.shape}")
+    if not jnp.issubdtype(table.dtype, jnp.floating):
+        raise TypeError(f"{fn}: table must be floating; got dtype {table.dtype}")
+    q = _vector_positions(q_positions, "q_positions", fn)
+    k = _vector_positions(k_positions, "k_positions", fn)
+    buckets = _t5_buckets(_relative(q, k), bidirectional, table.shape[0], max_distance, fn)
+    return jnp.moveaxis(jnp.take(table, buckets, axis=0), -1, 0)
