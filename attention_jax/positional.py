@@ -16,6 +16,11 @@ keyword-only and must be plain Python values; positions may be traced. Frequency
 bucket tables depend only on the static configuration, so they are computed in float64
 NumPy at trace time and enter the computation as float32/int32 constants.
 
+Each public function checks its arguments in Python (at trace time, with the argument's
+name and shape in the message) and then calls a small jitted kernel, so eager calls
+compile once per shape instead of once per primitive; under an outer ``jit`` the kernels
+simply inline.
+
 Shape letters used throughout::
 
   B = batch size
@@ -129,8 +134,14 @@ def sinusoidal_encoding(positions: ArrayLike | int, dim: int, *, base: float = 1
         positions = jnp.arange(positions, dtype=jnp.int32)
     else:
         positions = _int_positions(positions, "positions", fn)
+    return _sinusoidal(positions, dim=dim, base=float(base))
+
+
+@functools.partial(jax.jit, static_argnames=("dim", "base"))
+def _sinusoidal(positions: jax.Array, *, dim: int, base: float) -> jax.Array:
     inv_freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    # Interleave sin/cos as in the paper's PE[p, 2i], PE[p, 2i+1].
     table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
     return table.reshape(*positions.shape, dim)
 
@@ -337,8 +348,16 @@ def apply_rope(
             f"got positions shape {positions.shape}"
         )
     rot = _rotary_dim(head_dim, fraction, fn)
-    inv_freq = rope_frequencies(rot, base=base, scaling=scaling)
+    rope_frequencies(rot, base=base, scaling=scaling)  # validates base and scaling up front
+    return _rope(
+        x, positions, rot=rot, base=float(base), interleaved=bool(interleaved), scaling=scaling
+    )
 
+
+@functools.partial(jax.jit, static_argnames=("rot", "base", "interleaved", "scaling"))
+def _rope(x, positions, *, rot: int, base: float, interleaved: bool, scaling) -> jax.Array:
+    head_dim = x.shape[-1]
+    inv_freq = rope_frequencies(rot, base=base, scaling=scaling)
     # [..., T, 1, rot/2]: one angle per position and pair, shared by all heads.
     angles = positions.astype(jnp.float32)[..., None, None] * inv_freq
     cos, sin = jnp.cos(angles), jnp.sin(angles)
@@ -417,6 +436,11 @@ def alibi_bias(slopes: ArrayLike, q_positions: ArrayLike, k_positions: ArrayLike
         raise ValueError(f"{fn}: slopes must be 1-D [N]; got shape {slopes.shape}")
     q = _vector_positions(q_positions, "q_positions", fn)
     k = _vector_positions(k_positions, "k_positions", fn)
+    return _alibi(slopes, q, k)
+
+
+@jax.jit
+def _alibi(slopes: jax.Array, q: jax.Array, k: jax.Array) -> jax.Array:
     distance = jnp.abs(_relative(q, k)).astype(jnp.float32)
     return -slopes.astype(jnp.float32)[:, None, None] * distance
 
@@ -446,6 +470,11 @@ def relative_positions(q_len: int, kv_len: int, *, offset: ArrayLike = 0) -> jax
     offset = _int_positions(offset, "offset", fn)
     if offset.ndim != 0:
         raise ValueError(f"{fn}: offset must be a scalar; got shape {offset.shape}")
+    return _relative_positions(offset, q_len=q_len, kv_len=kv_len)
+
+
+@functools.partial(jax.jit, static_argnames=("q_len", "kv_len"))
+def _relative_positions(offset: jax.Array, *, q_len: int, kv_len: int) -> jax.Array:
     q = jnp.arange(q_len, dtype=jnp.int32) + offset.astype(jnp.int32)
     return _relative(q, jnp.arange(kv_len, dtype=jnp.int32))
 
@@ -487,9 +516,11 @@ def _t5_distance_buckets(per_direction: int, max_distance: int) -> np.ndarray:
     return buckets
 
 
-def _t5_buckets(relative_position, bidirectional, num_buckets, max_distance, fn) -> jax.Array:
-    per_direction = _check_t5_config(num_buckets, max_distance, bidirectional, fn)
-    relative_position = _int_positions(relative_position, "relative_position", fn)
+@functools.partial(jax.jit, static_argnames=("bidirectional", "num_buckets", "max_distance"))
+def _t5_buckets(
+    relative_position: jax.Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
+    per_direction = num_buckets // 2 if bidirectional else num_buckets
     relative_position = relative_position.astype(jnp.int32)
     if bidirectional:
         # Keys after the query use the upper half of the buckets.
@@ -539,8 +570,14 @@ def t5_relative_position_bucket(
     Returns:
       int32 array ``[...]`` with values in ``[0, num_buckets)``.
     """
+    fn = "t5_relative_position_bucket"
+    _check_t5_config(num_buckets, max_distance, bidirectional, fn)
+    relative_position = _int_positions(relative_position, "relative_position", fn)
     return _t5_buckets(
-        relative_position, bidirectional, num_buckets, max_distance, "t5_relative_position_bucket"
+        relative_position,
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
+        max_distance=max_distance,
     )
 
 
@@ -574,7 +611,18 @@ def t5_relative_bias(
         raise ValueError(f"{fn}: table must be [num_buckets, N]; got shape {table.shape}")
     if not jnp.issubdtype(table.dtype, jnp.floating):
         raise TypeError(f"{fn}: table must be floating; got dtype {table.dtype}")
+    _check_t5_config(table.shape[0], max_distance, bidirectional, fn)
     q = _vector_positions(q_positions, "q_positions", fn)
     k = _vector_positions(k_positions, "k_positions", fn)
-    buckets = _t5_buckets(_relative(q, k), bidirectional, table.shape[0], max_distance, fn)
+    return _t5_bias(table, q, k, bidirectional=bidirectional, max_distance=max_distance)
+
+
+@functools.partial(jax.jit, static_argnames=("bidirectional", "max_distance"))
+def _t5_bias(table, q, k, *, bidirectional: bool, max_distance: int) -> jax.Array:
+    buckets = _t5_buckets(
+        _relative(q, k),
+        bidirectional=bidirectional,
+        num_buckets=table.shape[0],
+        max_distance=max_distance,
+    )
     return jnp.moveaxis(jnp.take(table, buckets, axis=0), -1, 0)
