@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 # --- functional core (each line re-exports one module's public names) ---
 from attention_jax.attention import additive_attention, attention_pool, dot_product_attention
 from attention_jax.dispatch import select_implementation
+from attention_jax.flash import flash_attention, merge_attention
 from attention_jax.masks import (
     attention_mask,
     causal_mask,
