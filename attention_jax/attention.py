@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from attention_jax import softmax as _softmax
 from attention_jax._inputs import AttentionInputs, _float_array, canonicalize_attention_inputs
 from attention_jax.dispatch import select_implementation
+from attention_jax.flash import flash_attention_canonical
 from attention_jax.masks import attention_mask, combine_masks
 
 __all__ = ["dot_product_attention", "additive_attention", "attention_pool", "NORMALIZERS"]
@@ -130,6 +131,90 @@ def _materialized_attention(
     return out.astype(inp.query.dtype), weights
 
 
+def _rows_with_keys(inp: AttentionInputs, *, is_causal: bool) -> jax.Array | None:
+    """``[B|1, N|1, T]``: whether each query row may attend to at least one key (None: all).
+
+    Analytic for the structural masks (positions are the indices here); with a dense mask the
+    combined ``[.., T, S]`` boolean mask is formed once to find its empty rows.
+    """
+    b, t, s, _, _, _ = inp.dims
+    if inp.mask is not None:
+        full = combine_masks(
+            inp.mask,
+            attention_mask(
+                jnp.arange(t),
+                jnp.arange(s),
+                is_causal=is_causal,
+                local_window_size=inp.local_window_size,
+                query_seq_lengths=inp.query_seq_lengths,
+                key_value_seq_lengths=inp.key_value_seq_lengths,
+            ),
+        )
+        return jnp.any(jnp.broadcast_to(full, full.shape[:3] + (s,)), axis=-1)
+    rows = jnp.arange(t)[None, :]  # [1, T]
+    lo = jnp.zeros((1, t), jnp.int32)
+    hi = jnp.full((1, 1), s - 1)
+    valid = None
+    if inp.key_value_seq_lengths is not None:
+        hi = jnp.minimum(hi, inp.key_value_seq_lengths[:, None] - 1)
+    if inp.local_window_size is not None:
+        left, right = inp.local_window_size
+        lo = jnp.maximum(lo, rows - left)
+        hi = jnp.minimum(hi, rows + right)
+    if is_causal:
+        hi = jnp.minimum(hi, rows)
+    if inp.key_value_seq_lengths is not None or inp.local_window_size is not None or is_causal:
+        valid = lo <= hi
+    if inp.query_seq_lengths is not None:
+        q_valid = rows < inp.query_seq_lengths[:, None]
+        valid = q_valid if valid is None else valid & q_valid
+    return None if valid is None else valid[:, None, :]
+
+
+def _fused_kernel_attention(
+    inp: AttentionInputs, name: str, *, is_causal: bool, softcap
+) -> jax.Array:
+    """cuDNN (through ``jax.nn``) or tokamax; rows with no visible key are set to zero, the
+    convention of the other paths (the kernels may give them uniform weights)."""
+    q_len, kv_len = inp.query_seq_lengths, inp.key_value_seq_lengths
+    q_len = None if q_len is None else q_len.astype(jnp.int32)
+    kv_len = None if kv_len is None else kv_len.astype(jnp.int32)
+    if name == "cudnn":
+        out = jax.nn.dot_product_attention(
+            inp.query,
+            inp.key,
+            inp.value,
+            bias=inp.bias,
+            mask=inp.mask,
+            scale=inp.scale,
+            is_causal=is_causal,
+            query_seq_lengths=q_len,
+            key_value_seq_lengths=kv_len,
+            local_window_size=inp.local_window_size,
+            implementation="cudnn",
+        )
+    else:
+        import tokamax  # optional dependency, present when the dispatcher picked it
+
+        out = tokamax.dot_product_attention(
+            inp.query,
+            inp.key,
+            inp.value,
+            bias=inp.bias,
+            mask=inp.mask,
+            scale=inp.scale,
+            is_causal=is_causal,
+            query_seq_lengths=q_len,
+            key_value_seq_lengths=kv_len,
+            local_window_size=inp.local_window_size,
+            logits_soft_cap=softcap,
+        )
+    has_key = _rows_with_keys(inp, is_causal=is_causal)
+    if has_key is not None:
+        out = jnp.where(jnp.swapaxes(has_key, 1, 2)[..., None], out, 0.0)
+    return out.astype(inp.query.dtype)
+
+
 def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
@@ -206,7 +291,11 @@ def dot_product_attention(
       dropout_rng: a ``jax.random`` key, required when ``dropout_rate > 0``.
       return_weights: also return the float32 weights ``[B, N, T, S]`` (materialized path).
       implementation: None (choose; see :func:`attention_jax.select_implementation`) or a name
-        from ``attention_jax.dispatch.IMPLEMENTATIONS`` (``"xla"`` = materialized).
+        from ``attention_jax.dispatch.IMPLEMENTATIONS``: ``"xla"`` (materialized),
+        ``"flash"`` (:func:`attention_jax.flash_attention`, memory linear in ``T`` and
+        ``S``), ``"cudnn"`` (``jax.nn.dot_product_attention``'s cuDNN kernel, NVIDIA GPUs,
+        float16/bfloat16) or ``"tokamax"`` (optional extra). Every path outputs zeros for
+        rows with no visible key.
 
     Returns:
       ``[B, T, N, H]`` (``[T, N, H]`` unbatched) in the dtype of ``query``; with
@@ -263,6 +352,12 @@ def dot_product_attention(
             dropout_rate=dropout_rate,
             dropout_rng=dropout_rng,
         )
+    elif selection.name == "flash":
+        out, _ = flash_attention_canonical(
+            inp, is_causal=is_causal, bias_fn=bias_fn, softcap=softcap
+        )
+    elif selection.name in ("cudnn", "tokamax"):
+        out = _fused_kernel_attention(inp, selection.name, is_causal=is_causal, softcap=softcap)
     else:  # pragma: no cover - every name in IMPLEMENTATIONS has a branch above
         raise NotImplementedError(selection.name)
     if inp.unbatched:

@@ -3,17 +3,37 @@
 ``dot_product_attention(..., implementation=None)`` asks :func:`select_implementation`; a
 forced implementation that cannot serve the requested options raises instead of silently
 falling back to another path.
+
+Implementations:
+
+- ``"xla"``: the materialized path (full ``[B, N, T, S]`` logits); serves every option.
+- ``"flash"``: :func:`attention_jax.flash_attention`, blockwise in plain JAX, memory linear in
+  the sequence length; softmax only, no dropout, no returned weights.
+- ``"cudnn"``: ``jax.nn.dot_product_attention(..., implementation="cudnn")``, cuDNN's fused
+  flash attention on NVIDIA GPUs; float16/bfloat16, head dim a multiple of 8 up to 128
+  (256 from Hopper on), masks from causal / left windows / lengths / a dense mask, a dense
+  bias; no ``bias_fn``, softcap, segment ids or positions.
+- ``"tokamax"``: ``tokamax.dot_product_attention`` (Pallas kernels; optional extra
+  ``tokamax``, Python >= 3.12), which picks its fastest backend for the device.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["IMPLEMENTATIONS", "Selection", "select_implementation"]
+__all__ = ["IMPLEMENTATIONS", "FLASH_MIN_LOGITS", "Selection", "select_implementation"]
 
-IMPLEMENTATIONS = ("xla",)
+IMPLEMENTATIONS = ("xla", "flash", "cudnn", "tokamax")
+
+# With implementation=None, calls whose logits B*N*T*S have at least this many entries go to
+# the flash path (on CPU, and on accelerators where no fused kernel serves the options).
+# Measured on a 2-core x86 CPU (benchmarks/RESULTS.md): flash is as fast as the materialized
+# path from about 2^22 logits on and faster above; 2^24 float32 logits are 64 MiB.
+FLASH_MIN_LOGITS = 2**24
 
 
 class Selection(NamedTuple):
@@ -28,6 +48,127 @@ class Selection(NamedTuple):
     reason: str
 
 
+def _platform() -> str:
+    """``"cuda"`` (NVIDIA GPU), ``"rocm"``, ``"tpu"``, ``"cpu"``, or another backend name."""
+    backend = jax.default_backend()
+    if backend in ("gpu", "cuda", "rocm"):
+        try:
+            version = jax.devices()[0].client.platform_version.lower()
+        except Exception:  # pragma: no cover - depends on the installed plugin
+            version = ""
+        return "rocm" if ("rocm" in version or backend == "rocm") else "cuda"
+    return backend
+
+
+def _cuda_compute_capability() -> tuple[int, int] | None:
+    """The compute capability of the first GPU, e.g. ``(9, 0)``, or None if unknown."""
+    try:
+        major, minor = str(jax.devices()[0].compute_capability).split(".")[:2]
+        return int(major), int(minor)
+    except Exception:
+        return None
+
+
+def _tokamax_installed() -> bool:
+    return importlib.util.find_spec("tokamax") is not None
+
+
+def _dims(query, key) -> tuple[int, int, int, int, int, int]:
+    """``(B, T, S, N, K, H)`` from ``[B, T, N, H]`` / ``[T, N, H]`` shaped arrays."""
+    qs, ks = tuple(query.shape), tuple(key.shape)
+    if len(qs) == 3:
+        qs, ks = (1,) + qs, (1,) + ks
+    b, t, n, h = qs
+    return b, t, ks[1], n, ks[2], h
+
+
+def _set(options, name) -> bool:
+    return options.get(name) is not None
+
+
+def _softmax_only_blockers(normalizer, dropout_rate, return_weights) -> list[str]:
+    """Options that only the materialized path serves."""
+    out = []
+    if return_weights:
+        out.append("return_weights=True (the weights are never materialized)")
+    if dropout_rate > 0.0:
+        out.append(f"dropout_rate={dropout_rate} (attention-weight dropout)")
+    if not (isinstance(normalizer, str) and normalizer == "softmax"):
+        out.append(f"normalizer={normalizer!r} (only 'softmax')")
+    return out
+
+
+def _positions_matter(options) -> bool:
+    """Positions change the result only through causality, windows or ``bias_fn``."""
+    given = _set(options, "query_positions") or _set(options, "key_value_positions")
+    return given and bool(
+        options.get("is_causal") or _set(options, "local_window_size") or _set(options, "bias_fn")
+    )
+
+
+def _fused_kernel_blockers(options) -> list[str]:
+    """Options that neither cuDNN nor tokamax take."""
+    out = []
+    if _set(options, "bias_fn"):
+        out.append("bias_fn (pass a dense bias instead)")
+    if _set(options, "segment_ids"):
+        out.append("segment_ids")
+    if _positions_matter(options):
+        out.append("query_positions / key_value_positions with causal, window or bias_fn")
+    return out
+
+
+def _cudnn_blockers(query, key, options) -> list[str]:
+    out = []
+    platform = _platform()
+    if platform != "cuda":
+        out.append(f"platform {platform!r} (cuDNN needs an NVIDIA GPU)")
+    if query.dtype not in (jnp.float16, jnp.bfloat16):
+        out.append(f"dtype {query.dtype} (cuDNN takes float16/bfloat16)")
+    _, t, s, _, _, h = _dims(query, key)
+    cc = _cuda_compute_capability() if platform == "cuda" else None
+    h_max = 256 if cc is not None and cc >= (9, 0) else 128
+    if h % 8 != 0 or h > h_max:
+        out.append(f"head dim {h} (cuDNN needs a multiple of 8, <= {h_max})")
+    out += _fused_kernel_blockers(options)
+    if _set(options, "softcap"):
+        out.append("softcap")
+    window = options.get("local_window_size")
+    if window is not None:
+        left, right = (window, window) if isinstance(window, int) else tuple(window)
+        if right > 0 and not options.get("is_causal"):
+            out.append(f"local_window_size right={right} > 0 without is_causal (left windows only)")
+    if _set(options, "bias") and (t % 2 or s % 2):
+        # cuDNN's backward pass with a bias needs even sequence lengths.
+        out.append(f"a bias with odd T={t} or S={s}")
+    return out
+
+
+def _tokamax_blockers(query, key, options) -> list[str]:
+    out = []
+    if not _tokamax_installed():
+        out.append(
+            "tokamax is not installed (pip install 'attention_jax[tokamax]', Python >= 3.12)"
+        )
+    out += _fused_kernel_blockers(options)
+    if _set(options, "softcap") and (_set(options, "bias") or _set(options, "bias_fn")):
+        # tokamax caps scale * q k^T + bias; here the cap comes before the bias.
+        out.append("softcap together with a bias (tokamax caps after adding the bias)")
+    _, t, s, _, _, _ = _dims(query, key)
+    if _set(options, "local_window_size") and t != s:
+        out.append(f"local_window_size with T={t} != S={s} (tokamax windows assume T == S)")
+    if query.dtype == jnp.float64:
+        out.append("dtype float64")
+    return out
+
+
+def _error(name: str, blockers: list[str]) -> ValueError:
+    return ValueError(
+        f"implementation={name!r} cannot serve this call: " + "; ".join(blockers) + ". "
+        "Use implementation=None to choose automatically."
+    )
+
+
 def select_implementation(
     query: jax.Array,
     key: jax.Array,
@@ -40,6 +181,15 @@ def select_implementation(
 ) -> Selection:
     """Chooses the attention implementation for the given inputs and options.
 
+    With ``implementation=None``:
+
+    1. ``return_weights``, dropout or a normalizer other than softmax -> ``"xla"`` (the only
+       path that materializes the weights).
+    2. An NVIDIA GPU and options cuDNN supports (see the module docstring) -> ``"cudnn"``.
+    3. An NVIDIA GPU with ``tokamax`` installed and options it supports -> ``"tokamax"``.
+    4. Logits of at least :data:`FLASH_MIN_LOGITS` entries (``B * N * T * S``) ->
+       ``"flash"``; otherwise ``"xla"``.
+
     Args:
       query: ``[B, T, N, H]`` (or unbatched ``[T, N, H]``); only its shape and dtype are used.
       key: ``[B, S, K, H]``; only its shape and dtype are used.
@@ -47,20 +197,50 @@ def select_implementation(
       normalizer: the attention normalizer requested.
       dropout_rate: attention dropout requested.
       return_weights: whether the caller wants the ``[B, N, T, S]`` weights back.
-      **options: the remaining attention options (masks, biases, ...), as passed to
-        :func:`attention_jax.dot_product_attention`.
+      **options: the remaining attention options (``bias``, ``mask``, ``is_causal``,
+        ``query_seq_lengths``, ``key_value_seq_lengths``, ``local_window_size``,
+        ``segment_ids``, ``query_positions``, ``key_value_positions``, ``bias_fn``,
+        ``softcap``), as passed to :func:`attention_jax.dot_product_attention`.
 
     Returns:
       A :class:`Selection` ``(name, reason)``.
 
     Raises:
-      ValueError: an unknown implementation, or a forced one that cannot serve the options.
+      ValueError: an unknown implementation, or a forced one that cannot serve the options
+        (``"flash"`` with weights/dropout/another normalizer, ``"cudnn"`` off NVIDIA GPUs or
+        with unsupported options, ``"tokamax"`` not installed or unsupported options).
     """
-    del query, key, normalizer, dropout_rate, return_weights, options
-    if implementation is None:
-        return Selection("xla", "default: the materialized path")
-    if implementation not in IMPLEMENTATIONS:
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation must be None or one of {IMPLEMENTATIONS}, got {implementation!r}."
         )
-    return Selection(implementation, "requested")
+    softmax_only = _softmax_only_blockers(normalizer, dropout_rate, return_weights)
+    if implementation == "xla":
+        return Selection("xla", "requested")
+    if implementation is not None:
+        blockers = list(softmax_only)
+        if implementation == "cudnn":
+            blockers += _cudnn_blockers(query, key, options)
+        elif implementation == "tokamax":
+            blockers += _tokamax_blockers(query, key, options)
+        if blockers:
+            raise _error(implementation, blockers)
+        return Selection(implementation, "requested")
+
+    if softmax_only:
+        return Selection("xla", "only the materialized path serves " + "; ".join(softmax_only))
+    platform = _platform()
+    if platform == "cuda":
+        if not _cudnn_blockers(query, key, options):
+            return Selection("cudnn", "NVIDIA GPU and options cuDNN supports")
+        if _tokamax_installed() and not _tokamax_blockers(query, key, options):
+            return Selection("tokamax", "NVIDIA GPU, tokamax installed, options it supports")
+    b, t, s, n, _, _ = _dims(query, key)
+    logits = b * n * t * s
+    if logits >= FLASH_MIN_LOGITS:
+        return Selection(
+            "flash", f"B*N*T*S = {logits} >= FLASH_MIN_LOGITS = {FLASH_MIN_LOGITS} on {platform}"
+        )
+    return Selection(
+        "xla", f"B*N*T*S = {logits} < FLASH_MIN_LOGITS = {FLASH_MIN_LOGITS} on {platform}"
+    )

@@ -508,13 +508,9 @@ def _bias_fn_internal(bias_fn, b: int, n: int, kh: int, bq: int, bk: int):
     return fn
 
 
-def _empty_result(inp: AttentionInputs, return_residuals: bool):
+def _empty_result(inp: AttentionInputs):
     b, t, _, n, _, h = inp.dims
-    out = jnp.zeros((b, t, n, h), inp.query.dtype)
-    lse = jnp.full((b, n, t), -jnp.inf, jnp.float32)
-    if inp.unbatched:
-        out, lse = out[0], lse[0]
-    return (out, lse) if return_residuals else out
+    return jnp.zeros((b, t, n, h), inp.query.dtype), jnp.full((b, n, t), -jnp.inf, jnp.float32)
 
 
 def flash_attention(
@@ -636,11 +632,43 @@ def flash_attention(
     )
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be None or > 0, got {softcap}.")
+    out, lse = flash_attention_canonical(
+        inp,
+        is_causal=is_causal,
+        bias_fn=bias_fn,
+        softcap=softcap,
+        block_q=block_q,
+        block_k=block_k,
+    )
+    if inp.unbatched:
+        out, lse = out[0], lse[0]
+    return (out, lse) if return_residuals else out
+
+
+def flash_attention_canonical(
+    inp: AttentionInputs,
+    *,
+    is_causal: bool = False,
+    bias_fn: Callable | None = None,
+    softcap: float | None = None,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_k: int = DEFAULT_BLOCK_K,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`flash_attention` on validated inputs (the entry point of the dispatcher).
+
+    Args:
+      inp: canonical inputs from :func:`attention_jax._inputs.canonicalize_attention_inputs`
+        (batched; ``inp.unbatched`` is ignored).
+      is_causal, bias_fn, softcap, block_q, block_k: as in :func:`flash_attention`.
+
+    Returns:
+      ``(out, lse)``: ``[B, T, N, H]`` in the query dtype and float32 ``[B, N, T]``.
+    """
     _check_block(block_q, "block_q")
     _check_block(block_k, "block_k")
     b, t, s, n, kh, h = inp.dims
     if t == 0 or s == 0:
-        return _empty_result(inp, return_residuals)
+        return _empty_result(inp)
     g = n // kh
     bq, bk = min(block_q, t), min(block_k, s)
     nq, nk = -(-t // bq), -(-s // bk)
@@ -707,15 +735,8 @@ def flash_attention(
     out, lse = _flash_core(cfg, q, k, v, bias_int, consts, aux)
     # [nq, B, K, bq * G, H] -> [B, T, N, H]; lse [nq, B, K, bq * G] -> [B, N, T].
     out = out.reshape(nq, b, kh, bq, g, h).transpose(1, 0, 3, 2, 4, 5).reshape(b, tp, n, h)
-    out = out[:, :t]
-    if inp.unbatched:
-        out = out[0]
-    if not return_residuals:
-        return out
-    lse = lse.reshape(nq, b, kh, bq, g).transpose(1, 2, 4, 0, 3).reshape(b, n, tp)[..., :t]
-    if inp.unbatched:
-        lse = lse[0]
-    return out, lse
+    lse = lse.reshape(nq, b, kh, bq, g).transpose(1, 2, 4, 0, 3).reshape(b, n, tp)
+    return out[:, :t], lse[..., :t]
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b):
