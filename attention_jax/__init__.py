@@ -29,3 +29,8 @@ from attention_jax.positional import (
     t5_relative_position_bucket,
 )
 from attention_jax.softmax import log_softmax, softcap, softmax, softmax_one, sparsemax
+
+# --- generation (the NNX modules themselves live in attention_jax.nn) ---
+# isort: split
+from attention_jax.nn.checks import validate_tokens
+from attention_jax.nn.generate import generate

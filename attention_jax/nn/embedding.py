@@ -1,0 +1,76 @@
+"""Token embedding with absolute positions, and the (tied) output projection."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attention_jax.nn.config import TransformerConfig
+from attention_jax.nn.positional import LearnedPositionalEmbedding
+from attention_jax.positional import sinusoidal_encoding
+
+__all__ = ["Embedder"]
+
+
+class Embedder(nnx.Module):
+    """Token embedding ``E [V, D]`` plus the absolute position encoding of ``config``.
+
+    ``"learned"`` adds a :class:`attention_jax.nn.LearnedPositionalEmbedding` row and
+    ``"sinusoidal"`` :func:`attention_jax.sinusoidal_encoding` at ``positions``; the other
+    kinds act inside attention and add nothing here. :meth:`attend` gives logits ``x E^T``
+    (tied output embedding).
+
+    Args:
+      config: :class:`TransformerConfig`.
+      rngs: ``nnx.Rngs``.
+    """
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.token = nnx.Embed(
+            config.vocab_size,
+            config.d_model,
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+            rngs=rngs,
+        )
+        self.position = (
+            LearnedPositionalEmbedding(
+                config.max_len, config.d_model, rngs=rngs, param_dtype=config.param_dtype
+            )
+            if config.positional == "learned"
+            else None
+        )
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """``tokens [B, T]``, ``positions [T]`` or ``[B, T]`` -> ``[B, T, D]`` in ``dtype``."""
+        x = self.token(tokens)
+        if self.config.scale_embeddings:
+            x = x * jnp.asarray(math.sqrt(self.config.d_model), x.dtype)
+        x = self.add_positions(x, positions)
+        return self.dropout(x, deterministic=deterministic, rngs=rngs)
+
+    def add_positions(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Adds the absolute encoding at ``positions`` to ``x [B, T, D]`` (identity for the
+        kinds that act inside attention)."""
+        cfg = self.config
+        if cfg.positional == "learned":
+            x = x + self.position(positions).astype(x.dtype)
+        elif cfg.positional == "sinusoidal":
+            x = x + sinusoidal_encoding(positions, cfg.d_model).astype(x.dtype)
+        return x
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """``x [B, T, D]`` -> logits ``[B, T, V]`` against the token embedding."""
+        return self.token.attend(x)
