@@ -1,0 +1,144 @@
+"""Data parallelism over a 1-D device mesh (axis ``"data"``), single- or multi-host.
+
+One code path for any number of devices: the batch is split along its first dimension
+over the mesh axis ``"data"`` and the training state is replicated, or, with
+``shard_params=True``, split FSDP-style along each array's largest dimension that the
+mesh size divides (XLA inserts the all-gathers and reduce-scatters). With one device the
+mesh has one entry and every sharding is trivial.
+
+Multi-host: call :func:`maybe_initialize_distributed` before anything touches a device;
+each process then sees all devices of the job in ``jax.devices()`` and the same program
+runs everywhere (SPMD).
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = [
+    "DATA_AXIS",
+    "maybe_initialize_distributed",
+    "data_mesh",
+    "replicated",
+    "batch_sharding",
+    "fsdp_spec",
+    "state_shardings",
+    "constrain_batch",
+]
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed() -> bool:
+    """Calls ``jax.distributed.initialize()`` when the environment describes a multi-process job.
+
+    Recognized environments:
+
+    * ``JAX_COORDINATOR_ADDRESS=host:port`` with ``JAX_NUM_PROCESSES`` and
+      ``JAX_PROCESS_ID`` (explicit; works anywhere);
+    * a SLURM job step with more than one task (``SLURM_NTASKS > 1``), or an Open MPI
+      launch (``OMPI_COMM_WORLD_SIZE > 1``): JAX detects coordinator, process count and id.
+
+    Must run before the first JAX computation. Does nothing (returns False) in a
+    single-process setting, so scripts can call it unconditionally.
+
+    Returns:
+      True if the distributed runtime was initialized.
+    """
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        nproc = os.environ.get("JAX_NUM_PROCESSES")
+        pid = os.environ.get("JAX_PROCESS_ID")
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(nproc) if nproc is not None else None,
+            process_id=int(pid) if pid is not None else None,
+        )
+        return True
+    if (
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    ):
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all of the job's devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """First dimension split over ``"data"``, the rest whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def fsdp_spec(shape: tuple[int, ...], num_shards: int) -> P:
+    """Split the largest dimension that ``num_shards`` divides; replicate if none does.
+
+    Args:
+      shape: the array's shape.
+      num_shards: mesh size along ``"data"``.
+
+    Returns:
+      A ``PartitionSpec`` naming ``"data"`` at that dimension (ties: the first), or ``P()``.
+    """
+    if num_shards <= 1:
+        return P()
+    candidates = [(d, -i) for i, d in enumerate(shape) if d % num_shards == 0 and d >= num_shards]
+    if not candidates:
+        return P()
+    _, neg_i = max(candidates)
+    spec = [None] * len(shape)
+    spec[-neg_i] = DATA_AXIS
+    return P(*spec)
+
+
+def state_shardings(state, mesh: Mesh, *, shard_params: bool = False):
+    """Shardings for a training-state pytree: replicated, or FSDP with ``shard_params``.
+
+    Args:
+      state: pytree of arrays (parameters and optimizer state alike: Adam's moments have
+        the parameters' shapes, so they shard the same way).
+      mesh: a mesh from :func:`data_mesh`.
+      shard_params: split each array per :func:`fsdp_spec` instead of replicating it.
+
+    Returns:
+      A pytree of ``NamedSharding`` with the structure of ``state``.
+    """
+    n = mesh.shape[DATA_AXIS]
+    if not shard_params:
+        return jax.tree.map(lambda _: replicated(mesh), state)
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n)), state)
+
+
+def constrain_batch(batch, mesh: Mesh):
+    """Inside ``jit``: pin every array of ``batch`` to be split along its first dimension.
+
+    Scalars are replicated. Raises at trace time if a batch dimension is not divisible
+    by the number of devices.
+    """
+    n = mesh.shape[DATA_AXIS]
+
+    def leaf(x):
+        if n == 1:
+            return x
+        if x.ndim == 0:
+            return jax.lax.with_sharding_constraint(x, replicated(mesh))
+        if x.shape[0] % n:
+            raise ValueError(
+                f"batch dimension {x.shape[0]} (array of shape {x.shape}) is not divisible "
+                f"by the {n} devices of the data mesh."
+            )
+        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
+
+    return jax.tree.map(leaf, batch)
