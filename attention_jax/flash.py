@@ -52,7 +52,9 @@ class _Config:
     window: tuple[int, int] | None
     default_positions: bool  # no query/key positions given: block skipping is arithmetic
     bias_fn: Callable | None  # closure-converted: (q_pos, k_pos, *consts) -> internal layout
+    acc: Any  # accumulation dtype: float32, or float64 for float64 inputs
     always_mask: bool  # a dense mask or segment ids: every visited block is masked
+    has_lengths: bool  # query or key/value lengths given
 
 
 def _ceil_div(a, b):
@@ -128,7 +130,7 @@ def _q_ranges(cfg: _Config, j, aux):
         hi = jnp.minimum(hi, _ceil_div(jnp.clip(jnp.max(q_len), 0, cfg.t), cfg.bq))
         fq = jnp.clip(jnp.min(q_len), 0, cfg.t) // cfg.bq
     else:
-        fq = jnp.int32(cfg.t // cfg.bq)
+        fq = jnp.int32(cfg.nq)  # padded query rows need no mask: their cotangent is 0
     if aux["kv_len"] is not None:
         kv_len = jnp.clip(aux["kv_len"], 0, cfg.s).astype(jnp.int32)
         hi = jnp.where(j * cfg.bk >= jnp.max(kv_len), lo, hi)
@@ -169,6 +171,37 @@ def _block_visible(cfg: _Config, i, j, aux):
     if left is not None:
         visible &= jnp.max(kv_pos) >= jnp.min(q_pos) - left
     return visible
+
+
+def _segments(cfg: _Config, forward: bool) -> tuple[str, ...]:
+    """Which of the loops over ``[lo, flo)`` (masked), ``[flo, fhi)`` (unmasked) and
+    ``[fhi, hi)`` (masked) can be non-empty, decided statically so that no empty loop is
+    traced (each loop body costs compile time)."""
+    if cfg.always_mask or not cfg.default_positions:
+        return ("all",)
+    left, right = _band(cfg)
+    ragged = cfg.s % cfg.bk != 0 or cfg.has_lengths
+    # Forward: the partially visible key blocks of a query block are at the left edge of
+    # the window and at the causal/right edge; backward transposes the roles.
+    lower = (left if forward else right) is not None
+    upper = (right if forward else left) is not None or ragged
+    return tuple(
+        name for name, keep in (("lower", lower), ("full", True), ("upper", upper)) if keep
+    )
+
+
+def _run_segments(ranges, segments, body, carry):
+    lo, flo, fhi, hi = ranges
+    bounds = {
+        "all": (lo, hi, True),
+        "lower": (lo, flo, True),
+        "full": (flo, fhi, False),
+        "upper": (fhi, hi, True),
+    }
+    for name in segments:
+        a, b, masked = bounds[name]
+        carry = lax.fori_loop(a, b, functools.partial(body, masked=masked), carry)
+    return carry
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,9 +269,9 @@ def _bias_fn_block(cfg: _Config, i, j, aux, consts):
 
 
 def _scores(cfg: _Config, q_blk, k_blk, bias_blk, fn_bias):
-    """Logits of one block, float32 ``[B, K, bq, G, bk]``, and ``tanh`` of the softcap."""
+    """Logits of one block in ``cfg.acc``, ``[B, K, bq, G, bk]``, and ``tanh`` of the softcap."""
     s = lax.dot_general(
-        q_blk, k_blk, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32
+        q_blk, k_blk, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
     )
     b, k, _, _ = s.shape
     s = s.reshape(b, k, cfg.bq, cfg.groups, cfg.bk)
@@ -247,9 +280,9 @@ def _scores(cfg: _Config, q_blk, k_blk, bias_blk, fn_bias):
         t = jnp.tanh(s * (1.0 / cfg.softcap))
         s = cfg.softcap * t
     if bias_blk is not None:
-        s = s + bias_blk.astype(jnp.float32)
+        s = s + bias_blk.astype(cfg.acc)
     if fn_bias is not None:
-        s = s + fn_bias
+        s = s + fn_bias.astype(s.dtype)
     return s, t
 
 
@@ -267,7 +300,7 @@ def _flat(x):
 def _forward(cfg: _Config, q, k, v, bias, consts, aux):
     """q: [nq, B, K, M, H] (pre-scaled); k, v: [nk, B, K, bk, H].
 
-    Returns out [nq, B, K, M, H] (dtype of v) and lse float32 [nq, B, K, M].
+    Returns out [nq, B, K, M, H] (dtype of v) and lse [nq, B, K, M] in cfg.acc.
     """
     _, b, kh, m_rows, h = q.shape
 
@@ -295,7 +328,7 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux):
                 p.astype(v.dtype),
                 v[j],
                 (((3,), (2,)), ((0, 1), (0, 1))),
-                preferred_element_type=jnp.float32,
+                preferred_element_type=cfg.acc,
             )
             return m_new, l_new, alpha[..., None] * acc + pv
 
@@ -306,14 +339,13 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux):
             return lax.cond(visible, lambda c: kv_step(j, c, masked), lambda c: c, carry)
 
         init = (
-            jnp.full((b, kh, m_rows), -jnp.inf, jnp.float32),
-            jnp.zeros((b, kh, m_rows), jnp.float32),
-            jnp.zeros((b, kh, m_rows, h), jnp.float32),
+            jnp.full((b, kh, m_rows), -jnp.inf, cfg.acc),
+            jnp.zeros((b, kh, m_rows), cfg.acc),
+            jnp.zeros((b, kh, m_rows, h), cfg.acc),
         )
-        lo, flo, fhi, hi = _kv_ranges(cfg, i, aux)
-        carry = lax.fori_loop(lo, flo, functools.partial(visited, masked=True), init)
-        carry = lax.fori_loop(flo, fhi, functools.partial(visited, masked=False), carry)
-        m_fin, l_fin, acc = lax.fori_loop(fhi, hi, functools.partial(visited, masked=True), carry)
+        m_fin, l_fin, acc = _run_segments(
+            _kv_ranges(cfg, i, aux), _segments(cfg, True), visited, init
+        )
         empty = l_fin == 0.0
         out = acc / jnp.where(empty, 1.0, l_fin)[..., None]
         lse = jnp.where(empty, -jnp.inf, m_fin + jnp.log(jnp.where(empty, 1.0, l_fin)))
@@ -340,7 +372,7 @@ def _backward(cfg: _Config, res, cotangents):
     _, b, kh, m_rows, h = q.shape
     # D_i = rowsum(dO * O) - dlse: the softmax Jacobian term of every row, and the lse
     # cotangent enters the same place (d lse / d s = p).
-    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+    delta = jnp.sum(d_out.astype(cfg.acc) * out.astype(cfg.acc), axis=-1)
     delta = delta - d_lse
     # Rows with lse = -inf saw no key; +inf makes exp(s - lse) exactly 0 there.
     lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
@@ -372,10 +404,10 @@ def _backward(cfg: _Config, res, cotangents):
                 p.astype(do_blk.dtype),
                 do_blk,
                 (((2,), (2,)), ((0, 1), (0, 1))),
-                preferred_element_type=jnp.float32,
+                preferred_element_type=cfg.acc,
             )
             dp = lax.dot_general(
-                do_blk, v_blk, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32
+                do_blk, v_blk, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
             )
             ds = p * (dp - delta[i][..., None])  # d logits (after softcap and bias)
             ds5 = ds.reshape(b, kh, cfg.bq, cfg.groups, cfg.bk)
@@ -392,10 +424,10 @@ def _backward(cfg: _Config, res, cotangents):
                 ds = _flat(ds5 * (1.0 - t * t))  # through softcap * tanh(x / softcap)
             ds_in = ds.astype(q_blk.dtype)
             dk = dk + lax.dot_general(
-                ds_in, q_blk, (((2,), (2,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32
+                ds_in, q_blk, (((2,), (2,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
             )
             dq_i = lax.dot_general(
-                ds_in, k_blk, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32
+                ds_in, k_blk, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
             )
             dq = dq.at[i].add(dq_i)
             return dk, dv, dq, dbias, dconsts
@@ -406,19 +438,16 @@ def _backward(cfg: _Config, res, cotangents):
                 return q_step(i, c, masked)
             return lax.cond(visible, lambda cc: q_step(i, cc, masked), lambda cc: cc, c)
 
-        zeros = jnp.zeros((b, kh, cfg.bk, h), jnp.float32)
+        zeros = jnp.zeros((b, kh, cfg.bk, h), cfg.acc)
         c = (zeros, zeros, dq, dbias, dconsts)
-        lo, flo, fhi, hi = _q_ranges(cfg, j, aux)
-        c = lax.fori_loop(lo, flo, functools.partial(visited, masked=True), c)
-        c = lax.fori_loop(flo, fhi, functools.partial(visited, masked=False), c)
-        dk, dv, dq, dbias, dconsts = lax.fori_loop(
-            fhi, hi, functools.partial(visited, masked=True), c
+        dk, dv, dq, dbias, dconsts = _run_segments(
+            _q_ranges(cfg, j, aux), _segments(cfg, False), visited, c
         )
         return (dq, dbias, dconsts), (dk.astype(k.dtype), dv.astype(v.dtype))
 
-    dq0 = jnp.zeros(q.shape, jnp.float32)
-    dbias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
-    dconsts0 = tuple(jnp.zeros(c.shape, jnp.float32) for c in consts)
+    dq0 = jnp.zeros(q.shape, cfg.acc)
+    dbias0 = None if bias is None else jnp.zeros(bias.shape, cfg.acc)
+    dconsts0 = tuple(jnp.zeros(c.shape, cfg.acc) for c in consts)
     (dq, dbias, dconsts), (dk, dv) = lax.scan(
         kv_step, (dq0, dbias0, dconsts0), (jnp.arange(cfg.nk, dtype=jnp.int32), k, v)
     )
@@ -503,14 +532,15 @@ def _bias_fn_internal(bias_fn, b: int, n: int, kh: int, bq: int, bk: int):
             x4 = x4.reshape(b0, kh, n // kh, t0, s0)
         else:
             x4 = x4.reshape(b0, 1, 1, t0, s0)
-        return jnp.swapaxes(x4, 2, 3).astype(jnp.float32)
+        return jnp.swapaxes(x4, 2, 3).astype(jnp.promote_types(x4.dtype, jnp.float32))
 
     return fn
 
 
 def _empty_result(inp: AttentionInputs):
     b, t, _, n, _, h = inp.dims
-    return jnp.zeros((b, t, n, h), inp.query.dtype), jnp.full((b, n, t), -jnp.inf, jnp.float32)
+    acc = jnp.promote_types(inp.query.dtype, jnp.float32)
+    return jnp.zeros((b, t, n, h), inp.query.dtype), jnp.full((b, n, t), -jnp.inf, acc)
 
 
 def flash_attention(
@@ -726,11 +756,13 @@ def flash_attention_canonical(
         nk=nk,
         groups=g,
         softcap=None if softcap is None else float(softcap),
+        acc=jnp.promote_types(dtype, jnp.float32),
         is_causal=bool(is_causal),
         window=inp.local_window_size,
         default_positions=inp.q_positions is None and inp.kv_positions is None,
         bias_fn=fn,
         always_mask=inp.mask is not None or inp.q_segment_ids is not None,
+        has_lengths=inp.query_seq_lengths is not None or inp.key_value_seq_lengths is not None,
     )
     out, lse = _flash_core(cfg, q, k, v, bias_int, consts, aux)
     # [nq, B, K, bq * G, H] -> [B, T, N, H]; lse [nq, B, K, bq * G] -> [B, N, T].
