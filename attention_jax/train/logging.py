@@ -54,6 +54,27 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _summary_writer_class():
+    """``tensorboardX.SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports ``torch`` when it is installed, only to accept torch tensors,
+    which costs seconds at start-up; a ``None`` entry in ``sys.modules`` makes that import
+    fail fast so it falls back to NumPy. Left alone if torch is already loaded.
+    """
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLogger:
     """Appends metric records to ``<log_dir>/metrics.jsonl`` and TensorBoard.
 
@@ -80,8 +101,7 @@ class MetricsLogger:
         self._file = open(self.path, "a")  # noqa: SIM115 (closed in close())
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             self._tb = SummaryWriter(
                 str(self.log_dir), purge_step=start_step if start_step > 0 else None
             )

@@ -35,16 +35,16 @@ def make_schedule(
         ``lr * (t + 1) / (warmup_steps + 1)`` (never exactly 0, unlike
         ``optax.linear_schedule`` from 0, so the first update is not wasted).
       decay_steps: step at which the cosine reaches ``end_lr`` (counted from 0, warmup
-        included, as nanoGPT's ``lr_decay_iters``); constant ``end_lr`` afterwards.
+        included, as nanoGPT's ``lr_decay_iters``); constant ``end_lr`` afterwards (right
+        after warmup if ``decay_steps <= warmup_steps``).
       end_lr: final learning rate.
 
     Returns:
       ``schedule(t) -> lr`` for an integer optimizer step ``t`` (scalar, jit-able).
     """
-    if warmup_steps < 0 or decay_steps < warmup_steps:
+    if warmup_steps < 0 or decay_steps < 0:
         raise ValueError(
-            f"need 0 <= warmup_steps <= decay_steps, got warmup_steps={warmup_steps}, "
-            f"decay_steps={decay_steps}."
+            f"need warmup_steps >= 0 and decay_steps >= 0, got {warmup_steps}, {decay_steps}."
         )
 
     def schedule(t):

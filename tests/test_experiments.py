@@ -1,0 +1,120 @@
+"""Smoke runs of the experiment scripts (subprocesses, a few steps, tiny models); the full
+runs are marked slow."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fast_compile_env(tmp_path_factory):
+    """Smoke runs check plumbing, not speed: cheaper XLA optimization, and a compilation
+    cache shared by the runs of this module (a resumed run recompiles the same step)."""
+    return {
+        "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def run_script(script, *args, timeout=600, env=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def check_run_dir(out):
+    for name in ("metrics.json", "metrics.jsonl", "loss.png", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert list(out.glob("events.out.tfevents.*"))
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_char_lm_smoke(tmp_path, tinyshakespeare_path, fast_compile_env):
+    out = tmp_path / "char"
+    tiny = ["--layers", 1, "--heads", 2, "--d-model", 16, "--block", 16, "--batch", 4]
+    common = ["--data", tinyshakespeare_path, *tiny, "--eval-interval", 3, "--eval-iters", 2]
+    common += ["--log-interval", 2, "--checkpoint-interval", 3, "--no-progress", "--out", out]
+    proc = run_script("char_lm.py", *common, "--steps", 5, "--sample", 12, env=fast_compile_env)
+    m = check_run_dir(out)
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_loss_full",
+        "ms_per_step_median",
+        "tokens_per_sec",
+        "compile_seconds",
+    ):
+        assert isinstance(m[key], float) and m[key] > 0, key
+    assert m["num_params"] > 0 and m["steps"] == 5 and len(m["sample"]) == 12
+    assert m["sample"] in proc.stdout
+    assert (out / "tokenizer.json").exists()
+    assert sorted(p.name for p in (out / "ckpt").iterdir() if p.name.isdigit()) == ["3", "5"]
+    # Resume to 7 steps: continues from checkpoint 5, the log reads as one run.
+    run_script("char_lm.py", *common, "--steps", 7, "--sample", 0, "--resume", env=fast_compile_env)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["resumed_from"] == 5
+    steps = [
+        r["step"]
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if "train/loss" in r
+    ]
+    assert steps == list(range(7))
+
+
+def test_synthetic_smoke(tmp_path, fast_compile_env):
+    out = tmp_path / "syn"
+    args = ["--task", "reverse", "--length", 4, "--layers", 1, "--d-model", 16, "--heads", 2]
+    args += ["--steps", 5, "--batch", 8, "--eval-interval", 5, "--eval-size", 16, "--out", out]
+    proc = run_script("synthetic.py", *args, "--no-progress", env=fast_compile_env)
+    m = check_run_dir(out)
+    assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["greedy_accuracy_at_max_length"] <= 1.0
+    assert m["steps"] == 5 and m["task"] == "reverse"
+    assert (out / "ckpt" / "5").is_dir()
+    assert "->" in proc.stdout and "expected" in proc.stdout
+
+
+def test_synthetic_teacher_forced_task_smoke(tmp_path, fast_compile_env):
+    task = "mqar"  # graded answers interleaved with fed queries (as induction)
+    out = tmp_path / task
+    args = ["--task", task, "--length", 4, "--layers", 1, "--d-model", 16, "--heads", 2]
+    args += ["--steps", 3, "--batch", 8, "--eval-interval", 0, "--eval-size", 16, "--out", out]
+    run_script("synthetic.py", *args, "--no-progress", env=fast_compile_env)
+    m = json.loads((out / "metrics.json").read_text())
+    assert "greedy_accuracy_at_max_length" not in m and 0.0 <= m["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_demo_reaches_99_percent_in_3_minutes(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_script("synthetic.py", "--demo", "--out", out, timeout=900)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["accuracy"] >= 0.99 and m["greedy_accuracy_at_max_length"] >= 0.99
+    assert m["total_seconds"] < 180, m["total_seconds"]
+    assert "plot:" in proc.stdout and "checkpoint:" in proc.stdout
+
+
+@pytest.mark.slow
+def test_char_lm_baby_gpt(tmp_path, tinyshakespeare_path):
+    out = tmp_path / "baby"
+    run_script(
+        "char_lm.py", "--data", tinyshakespeare_path, "--out", out, "--no-progress", timeout=1800
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    # nanoGPT: 1.88 on 20 random batches; allow for that estimate's noise.
+    assert m["val_loss_full"] < 1.95 and m["val_loss"] < 1.95, m
