@@ -464,7 +464,8 @@ def attention_pool(
         mask = jnp.asarray(mask)
         _check_broadcast(mask, "mask", (b, s))
     dtype = _logits_dtype(values.dtype)
-    scores = jnp.einsum("bsd,...d->bs", values.astype(dtype), query.astype(dtype))
+    query = jnp.broadcast_to(query.astype(dtype), (b, d))
+    scores = jnp.einsum("bsd,bd->bs", values.astype(dtype), query)
     weights = _softmax.softmax(scores, where=mask)
     out = jnp.einsum("bs,bsd->bd", weights, values.astype(dtype)).astype(values.dtype)
     return (out, weights) if return_weights else out

@@ -86,7 +86,9 @@ def padding_mask(q_lengths, kv_lengths, q_len: int, kv_len: int) -> jax.Array:
         query_seq_lengths=q_lengths,
         key_value_seq_lengths=kv_lengths,
     )
-    return jnp.ones((1, 1, q_len, kv_len), bool) if out is None else out
+    if out is None:
+        return jnp.ones((1, 1, q_len, kv_len), bool)
+    return jnp.broadcast_to(out, (out.shape[0], 1, q_len, kv_len))
 
 
 def sliding_window_mask(q_len: int, kv_len: int, window) -> jax.Array:

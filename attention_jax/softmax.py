@@ -35,7 +35,8 @@ def _check_where(where, x: jax.Array) -> jax.Array | None:
             f"where must be a boolean array, got dtype {where.dtype} (shape {where.shape})."
         )
     try:
-        np.broadcast_shapes(where.shape, x.shape)
+        if np.broadcast_shapes(where.shape, x.shape) != x.shape:
+            raise ValueError
     except ValueError:
         raise ValueError(
             f"where of shape {where.shape} does not broadcast to x of shape {x.shape}."
@@ -212,8 +213,11 @@ def sparsemax(x: jax.Array, axis: int = -1, *, where: jax.Array | None = None) -
     if not isinstance(axis, int):
         raise TypeError(f"sparsemax normalizes over one axis, got axis={axis!r}.")
     valid = jnp.ones(x.shape, bool) if where is None else jnp.broadcast_to(where, x.shape)
-    zc = jnp.moveaxis(xc, axis, -1)
-    out = _sparsemax_last(zc, jnp.moveaxis(valid, axis, -1))
+    zc, valid = jnp.moveaxis(xc, axis, -1), jnp.moveaxis(valid, axis, -1)
+    # Sparsemax is shift invariant: subtracting the max allowed logit keeps the cumulative sums
+    # (and so the threshold) accurate for large logits.
+    zc = _stable_shift(zc, -1, valid)
+    out = _sparsemax_last(jnp.where(valid, zc, 0.0), valid)
     return jnp.moveaxis(out, -1, axis).astype(x.dtype)
 
 
