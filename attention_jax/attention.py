@@ -41,7 +41,7 @@ def _normalizer_fn(normalizer) -> Callable:
 
 
 def _check_options(softcap, dropout_rate, dropout_rng) -> None:
-    if softcap is not None and not softcap > 0:
+    if softcap is not None and not isinstance(softcap, jax.Array) and not softcap > 0:
         raise ValueError(f"softcap must be None or > 0, got {softcap}.")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
@@ -289,7 +289,8 @@ def dot_product_attention(
         callable ``(logits, where) -> weights``.
       dropout_rate: attention-weight dropout rate in ``[0, 1)``.
       dropout_rng: a ``jax.random`` key, required when ``dropout_rate > 0``.
-      return_weights: also return the float32 weights ``[B, N, T, S]`` (materialized path).
+      return_weights: also return the float32 weights ``[B, N, T, S]`` (materialized path);
+      with dropout these are the weights actually applied (after dropout).
       implementation: None (choose; see :func:`attention_jax.select_implementation`) or a name
         from ``attention_jax.dispatch.IMPLEMENTATIONS``: ``"xla"`` (materialized),
         ``"flash"`` (:func:`attention_jax.flash_attention`, memory linear in ``T`` and
@@ -385,7 +386,8 @@ def additive_attention(
       keys: ``[B, S, Dk]``.
       values: ``[B, S, Dv]``.
       params: ``{"w_query": [Dq, A], "w_key": [Dk, A], "v": [A]}``.
-      mask: optional boolean mask broadcastable to ``[B, S]`` (``[B, T, S]`` for 3-D queries).
+      mask: optional boolean mask: ``[B, S]`` key padding (for 2-D and 3-D queries), or
+        broadcastable to ``[B, T, S]`` for 3-D queries.
       return_weights: also return the weights ``[B, S]`` (``[B, T, S]``).
 
     Returns:
@@ -416,13 +418,20 @@ def additive_attention(
         )
     single = query.ndim == 2
     q = query[:, None] if single else query
-    hidden = jnp.tanh((q @ w_q)[:, :, None, :] + (keys @ w_k)[:, None, :, :])  # [B, T, S, A]
+    # Scores in float32 (or float64) whatever the input dtype, like every other normalizer input.
+    dtype = _logits_dtype(query.dtype)
+    q, keys_c = q.astype(dtype), keys.astype(dtype)
+    w_q, w_k, v = w_q.astype(dtype), w_k.astype(dtype), v.astype(dtype)
+    hidden = jnp.tanh((q @ w_q)[:, :, None, :] + (keys_c @ w_k)[:, None, :, :])  # [B, T, S, A]
     scores = hidden @ v  # [B, T, S]
     if mask is not None:
         mask = jnp.asarray(mask)
         b, t, s = scores.shape
-        _check_broadcast(mask, "mask", (b, s) if single else (b, t, s))
-        if single:
+        # A 2-D mask is always key padding [B, S], also for 3-D queries: NumPy broadcasting
+        # would otherwise pair its first axis with T whenever B == T.
+        key_padding = single or mask.ndim == 2
+        _check_broadcast(mask, "mask", (b, s) if key_padding else (b, t, s))
+        if key_padding:
             mask = jnp.broadcast_to(mask, (b, s))[:, None]
     weights = _softmax.softmax(scores, where=mask)
     out = jnp.einsum("bts,bsd->btd", weights, values.astype(weights.dtype)).astype(values.dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "causal_mask",
@@ -26,8 +27,12 @@ def _check_len(value, name: str) -> None:
         raise ValueError(f"{name} must be a non-negative Python int, got {value!r}.")
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
 def _window(local_window_size) -> tuple[int, int]:
-    if isinstance(local_window_size, int) and not isinstance(local_window_size, bool):
+    if _is_int(local_window_size):
         left = right = local_window_size
     else:
         try:
@@ -37,11 +42,11 @@ def _window(local_window_size) -> tuple[int, int]:
                 f"local_window_size must be an int or a (left, right) pair, got {local_window_size!r}."
             ) from None
     for w in (left, right):
-        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+        if not _is_int(w) or w < 0:
             raise ValueError(
                 f"local_window_size must hold non-negative ints, got {local_window_size!r}."
             )
-    return left, right
+    return int(left), int(right)
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, *, offset=0) -> jax.Array:

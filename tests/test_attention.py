@@ -1051,6 +1051,24 @@ def test_additive_attention_matches_reference(seed, t, dims, masked):
         np.testing.assert_array_equal(np.asarray(out)[0], 0.0)
 
 
+def test_additive_attention_2d_mask_is_key_padding_for_3d_queries():
+    # B == T: a [B, S] mask must pad keys per example, not be broadcast against [T, S].
+    rng = np.random.default_rng(2)
+    query, keys, values, params = _additive_inputs(rng, 3, 3, 5, 3, 4, 2, 6)
+    mask = rng.random((3, 5)) < 0.6
+    out = additive_attention(query, keys, values, params, mask=mask)
+    expected, _ = np_additive(
+        query, keys, values, params, np.broadcast_to(mask[:, None], (3, 3, 5))
+    )
+    assert_close(out, expected, **F32)
+
+
+def test_numpy_int_window_matches_python_int():
+    q, k, v = _inputs()
+    out_np = dot_product_attention(q, k, v, local_window_size=(np.int64(1), np.int32(2)))
+    chex.assert_trees_all_close(out_np, dot_product_attention(q, k, v, local_window_size=(1, 2)))
+
+
 def test_additive_attention_gradients_are_finite():
     rng = np.random.default_rng(1)
     query, keys, values, params = _additive_inputs(rng, 2, 3, 5, 3, 4, 2, 6)
