@@ -173,34 +173,34 @@ def _block_visible(cfg: _Config, i, j, aux):
     return visible
 
 
-def _segments(cfg: _Config, forward: bool) -> tuple[str, ...]:
-    """Which of the loops over ``[lo, flo)`` (masked), ``[flo, fhi)`` (unmasked) and
-    ``[fhi, hi)`` (masked) can be non-empty, decided statically so that no empty loop is
-    traced (each loop body costs compile time)."""
+def _loops(cfg: _Config, forward: bool) -> tuple[bool, bool]:
+    """``(unmasked, masked)``: which of the two block loops can run, decided statically so
+    that no empty loop is traced (each loop body costs compile time)."""
     if cfg.always_mask or not cfg.default_positions:
-        return ("all",)
+        return False, True
     left, right = _band(cfg)
     ragged = cfg.s % cfg.bk != 0 or cfg.has_lengths
-    # Forward: the partially visible key blocks of a query block are at the left edge of
-    # the window and at the causal/right edge; backward transposes the roles.
+    # Forward: the partially visible key blocks of a query block sit at the left edge of the
+    # window and at the causal/right edge; the backward pass transposes the roles.
     lower = (left if forward else right) is not None
     upper = (right if forward else left) is not None or ragged
-    return tuple(
-        name for name, keep in (("lower", lower), ("full", True), ("upper", upper)) if keep
-    )
+    return True, lower or upper
 
 
-def _run_segments(ranges, segments, body, carry):
+def _run_loops(ranges, loops, body, carry):
+    """Runs ``body(index, carry, masked=False)`` over ``[flo, fhi)``, then
+    ``body(index, carry, masked=True)`` over ``[lo, flo)`` and ``[fhi, hi)`` in one loop."""
     lo, flo, fhi, hi = ranges
-    bounds = {
-        "all": (lo, hi, True),
-        "lower": (lo, flo, True),
-        "full": (flo, fhi, False),
-        "upper": (fhi, hi, True),
-    }
-    for name in segments:
-        a, b, masked = bounds[name]
-        carry = lax.fori_loop(a, b, functools.partial(body, masked=masked), carry)
+    unmasked, masked = loops
+    if unmasked:
+        carry = lax.fori_loop(flo, fhi, functools.partial(body, masked=False), carry)
+    if masked:
+        n_lower = flo - lo
+
+        def edge(n, c):
+            return body(jnp.where(n < n_lower, lo + n, fhi + (n - n_lower)), c, masked=True)
+
+        carry = lax.fori_loop(0, n_lower + (hi - fhi), edge, carry)
     return carry
 
 
@@ -211,7 +211,7 @@ def _run_segments(ranges, segments, body, carry):
 
 def _slice_rows_cols(x, i, j, cfg: _Config, row_axis: int, col_axis: int):
     """Slices block (i, j) out of an internal-layout array, keeping broadcast dims of 1."""
-    starts = [0] * x.ndim
+    starts = [jnp.int32(0)] * x.ndim  # one index dtype, also under x64
     sizes = list(x.shape)
     if x.shape[row_axis] != 1:
         starts[row_axis], sizes[row_axis] = i * cfg.bq, cfg.bq
@@ -343,9 +343,7 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux):
             jnp.zeros((b, kh, m_rows), cfg.acc),
             jnp.zeros((b, kh, m_rows, h), cfg.acc),
         )
-        m_fin, l_fin, acc = _run_segments(
-            _kv_ranges(cfg, i, aux), _segments(cfg, True), visited, init
-        )
+        m_fin, l_fin, acc = _run_loops(_kv_ranges(cfg, i, aux), _loops(cfg, True), visited, init)
         empty = l_fin == 0.0
         out = acc / jnp.where(empty, 1.0, l_fin)[..., None]
         lse = jnp.where(empty, -jnp.inf, m_fin + jnp.log(jnp.where(empty, 1.0, l_fin)))
@@ -413,8 +411,9 @@ def _backward(cfg: _Config, res, cotangents):
             ds5 = ds.reshape(b, kh, cfg.bq, cfg.groups, cfg.bk)
             if bias is not None:
                 db = _reduce_to(ds5, bias_blk.shape)
-                start = [0, 0, i * cfg.bq, 0, j * cfg.bk]
-                start = [st if dbias.shape[a] != 1 else 0 for a, st in enumerate(start)]
+                zero = jnp.int32(0)
+                start = [zero, zero, i * cfg.bq, zero, j * cfg.bk]
+                start = [st if dbias.shape[a] != 1 else zero for a, st in enumerate(start)]
                 cur = lax.dynamic_slice(dbias, start, db.shape)
                 dbias = lax.dynamic_update_slice(dbias, cur + db, start)
             if fn_vjp is not None:
@@ -440,8 +439,8 @@ def _backward(cfg: _Config, res, cotangents):
 
         zeros = jnp.zeros((b, kh, cfg.bk, h), cfg.acc)
         c = (zeros, zeros, dq, dbias, dconsts)
-        dk, dv, dq, dbias, dconsts = _run_segments(
-            _q_ranges(cfg, j, aux), _segments(cfg, False), visited, c
+        dk, dv, dq, dbias, dconsts = _run_loops(
+            _q_ranges(cfg, j, aux), _loops(cfg, False), visited, c
         )
         return (dq, dbias, dconsts), (dk.astype(k.dtype), dv.astype(v.dtype))
 
