@@ -1,0 +1,619 @@
+"""Attention benchmark: time and peak memory of the attention implementations.
+
+Implementations (``--impls``):
+
+- ``jax.nn``: ``jax.nn.dot_product_attention(..., implementation="xla")``;
+- ``materialized``: ``attention_jax.dot_product_attention(..., implementation="xla")``;
+- ``flash``: ``attention_jax.flash_attention``;
+- ``cudnn``: ``jax.nn.dot_product_attention(..., implementation="cudnn")`` (NVIDIA GPU);
+- ``tokamax``: ``tokamax.dot_product_attention`` (when installed);
+- ``torch``: PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` (when installed;
+  the ``bench`` extra), the CPU peer.
+
+For every shape ``(B, T, N, H)`` (``S = T``, ``K = N``), causal or not, the forward and the
+forward+backward passes are jitted, warmed up and timed (median of ``--repeats`` runs,
+``block_until_ready``). The implementations of one point are timed round-robin, so that a
+change of machine load hits them alike. Throughput is reported in GFLOP/s with the
+FlashAttention convention (forward ``4 B N T S H``, halved when causal; forward+backward
+3.5 times the forward) and against a float32 (bfloat16 on GPU) matmul measured in the same
+run.
+
+Peak memory runs each point in a fresh subprocess: it creates the inputs, compiles, resets
+the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs once and reports the peak
+RSS minus the RSS after creating the inputs and compiling. Points whose estimated footprint
+does not fit in the available memory are skipped.
+
+Usage::
+
+  python benchmarks/attention.py --out out/bench                # the full CPU table
+  python benchmarks/attention.py --quick --out out/quick        # two small shapes
+  python benchmarks/attention.py --shapes 1x4096x8x64 --impls flash,torch --causal yes
+  python benchmarks/attention.py --sweep-blocks --shapes 1x4096x8x64 --out out/sweep
+  python benchmarks/attention.py --memory-only --shapes 1x16384x8x64 --impls flash,jax.nn
+
+Writes ``results.json``, ``results.md`` and ``attention.png`` (or ``sweep.*``) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_SHAPES = "8x256x8x64,4x1024x8x64,1x4096x8x64,1x16384x8x64,1x32768x4x64"
+QUICK_SHAPES = "8x256x8x64,1x1024x8x64"
+ALL_IMPLS = ("jax.nn", "materialized", "flash", "cudnn", "tokamax", "torch")
+QUADRATIC = ("jax.nn", "materialized")
+# Quadratic paths are timed up to this T (beyond it one run takes minutes); their memory is
+# still measured wherever it fits.
+QUADRATIC_MAX_T_TIMING = 8192
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    shapes = []
+    for item in text.split(","):
+        parts = tuple(int(x) for x in item.lower().split("x"))
+        if len(parts) != 4:
+            raise SystemExit(f"--shapes takes BxTxNxH items, got {item!r}")
+        shapes.append(parts)
+    return shapes
+
+
+def flops(b, t, n, h, causal: bool, mode: str) -> float:
+    f = 4.0 * b * n * t * t * h / (2 if causal else 1)
+    return f if mode == "fwd" else 3.5 * f
+
+
+def available_memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def estimated_bytes(impl, b, t, n, h, mode, itemsize) -> float:
+    """A rough footprint: the inputs plus, for the quadratic paths, a few [B, N, T, T]
+    float32 arrays (logits, weights; and their cotangents for the backward pass)."""
+    linear = 8 * b * t * n * h * max(itemsize, 4)
+    if impl in QUADRATIC or (impl == "torch" and mode == "fwdbwd"):
+        return linear + (3 if mode == "fwd" else 6) * 4.0 * b * n * t * t
+    return linear + 64e6
+
+
+# ----------------------------------------------------------------------------------------
+# Building the functions to time.
+# ----------------------------------------------------------------------------------------
+
+
+def jax_setup(device: str):
+    import jax
+
+    if device == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+    return jax
+
+
+def make_jax_fn(impl, causal, mode, block_q=None, block_k=None):
+    import jax
+
+    import attention_jax
+
+    if impl == "jax.nn":
+
+        def attn(q, k, v):
+            return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+
+    elif impl == "cudnn":
+
+        def attn(q, k, v):
+            return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+
+    elif impl == "materialized":
+
+        def attn(q, k, v):
+            return attention_jax.dot_product_attention(
+                q, k, v, is_causal=causal, implementation="xla"
+            )
+
+    elif impl == "flash":
+        kw = {}
+        if block_q:
+            kw["block_q"] = block_q
+        if block_k:
+            kw["block_k"] = block_k
+
+        def attn(q, k, v):
+            return attention_jax.flash_attention(q, k, v, is_causal=causal, **kw)
+
+    elif impl == "tokamax":
+        import tokamax
+
+        def attn(q, k, v):
+            return tokamax.dot_product_attention(q, k, v, is_causal=causal)
+
+    else:
+        raise ValueError(impl)
+
+    if mode == "fwd":
+        return jax.jit(attn)
+
+    def fwd_bwd(q, k, v, d_out):
+        out, vjp = jax.vjp(attn, q, k, v)
+        return vjp(d_out.astype(out.dtype))
+
+    return jax.jit(fwd_bwd)
+
+
+def make_jax_inputs(b, t, n, h, dtype, seed=0):
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(seed), 4)
+    dt = jnp.dtype(dtype)
+    q, k, v, d_out = (jax.random.normal(kk, (b, t, n, h), dt) for kk in keys)
+    return jax.block_until_ready((q, k, v, d_out))
+
+
+def make_torch_fn(causal, mode):
+    import torch
+    import torch.nn.functional as F
+
+    def fwd(q, k, v, d_out):
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    def fwd_bwd(q, k, v, d_out):
+        for x in (q, k, v):
+            x.grad = None
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out.backward(d_out)
+        return q.grad
+
+    return fwd if mode == "fwd" else fwd_bwd
+
+
+def make_torch_inputs(b, t, n, h, dtype, requires_grad):
+    import torch
+
+    torch.manual_seed(0)
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    # [B, N, T, H], the layout SDPA takes.
+    q, k, v = (torch.randn(b, n, t, h, dtype=dt).requires_grad_(requires_grad) for _ in range(3))
+    return q, k, v, torch.randn(b, n, t, h, dtype=dt)
+
+
+class Point:
+    """One implementation at one shape, causal or not, with a callable to time."""
+
+    def __init__(self, impl, shape, causal, mode, dtype, block_q=None, block_k=None):
+        self.impl, self.shape, self.causal, self.mode = impl, shape, causal, mode
+        b, t, n, h = shape
+        if impl == "torch":
+            self.args = make_torch_inputs(b, t, n, h, dtype, mode == "fwdbwd")
+            self.fn = make_torch_fn(causal, mode)
+        else:
+            import jax
+
+            q, k, v, d_out = make_jax_inputs(b, t, n, h, dtype)
+            self.args = (q, k, v) if mode == "fwd" else (q, k, v, d_out)
+            self.fn = make_jax_fn(impl, causal, mode, block_q, block_k)
+            self.fn = self.fn.lower(*self.args).compile()
+            self._block = jax.block_until_ready
+
+    def run(self) -> float:
+        t0 = time.perf_counter()
+        out = self.fn(*self.args)
+        if self.impl != "torch":
+            self._block(out)
+        return time.perf_counter() - t0
+
+
+def time_round_robin(points: list[Point], repeats: int, warmup: int = 2) -> list[float]:
+    for p in points:
+        for _ in range(warmup):
+            p.run()
+    times: list[list[float]] = [[] for _ in points]
+    for _ in range(repeats):
+        for i, p in enumerate(points):
+            times[i].append(p.run())
+    return [statistics.median(ts) for ts in times]
+
+
+def matmul_rate(device: str, repeats: int) -> tuple[float, str]:
+    """GFLOP/s of a square matmul in the benchmark dtype (float32 on CPU, bf16 on GPU)."""
+    import jax
+    import jax.numpy as jnp
+
+    n, dtype = (2048, jnp.float32) if device == "cpu" else (8192, jnp.bfloat16)
+    a = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(lambda a: a @ a).lower(a).compile()
+    jax.block_until_ready(f(a))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        ts.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(ts) / 1e9, f"{n}x{n} {jnp.dtype(dtype).name} matmul"
+
+
+# ----------------------------------------------------------------------------------------
+# Memory: one subprocess per point.
+# ----------------------------------------------------------------------------------------
+
+
+def _rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def memory_child(spec: dict) -> dict:
+    """Runs in the subprocess: inputs, compile, reset peak, run once, report."""
+    import resource
+
+    if spec["impl"] != "torch":
+        jax_setup(spec["device"])
+    b, t, n, h = spec["shape"]
+    point = Point(
+        spec["impl"],
+        tuple(spec["shape"]),
+        spec["causal"],
+        spec["mode"],
+        spec["dtype"],
+        spec.get("block_q"),
+        spec.get("block_k"),
+    )
+    base = _rss_bytes("VmRSS")
+    reset = True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        reset = False
+    seconds = point.run()
+    peak = _rss_bytes("VmHWM")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "baseline_bytes": base,
+        "peak_bytes": peak if reset else maxrss,
+        "peak_above_baseline_bytes": (peak if reset else maxrss) - base,
+        "peak_reset": reset,
+        "seconds": seconds,
+    }
+
+
+def measure_memory(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# Reports.
+# ----------------------------------------------------------------------------------------
+
+
+def environment(device: str) -> dict:
+    import jax
+    import jaxlib
+
+    info = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "device": device,
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    }
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        info["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        info["torch"] = torch.__version__
+    return info
+
+
+def fmt(x, spec="{:.0f}"):
+    return "-" if x is None else spec.format(x)
+
+
+def markdown_table(rows: list[dict], rate: float) -> str:
+    lines = [
+        "| B, T, N, H | causal | impl | fwd ms | fwd+bwd ms | fwd GFLOP/s | fwd+bwd GFLOP/s "
+        "| fwd % matmul | fwd peak MB | fwd+bwd peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        gf, gfb = r.get("fwd_gflops"), r.get("fwdbwd_gflops")
+        lines.append(
+            f"| {', '.join(map(str, r['shape']))} | {'yes' if r['causal'] else 'no'} | "
+            f"{r['impl']} | {fmt(r.get('fwd_ms'))} | {fmt(r.get('fwdbwd_ms'))} | {fmt(gf)} | "
+            f"{fmt(gfb)} | {fmt(None if gf is None else 100 * gf / rate)} | "
+            f"{fmt(r.get('fwd_peak_mb'))} | {fmt(r.get('fwdbwd_peak_mb'))} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[tuple, list] = {}
+    for r in rows:
+        series.setdefault((r["impl"], r["causal"], r["shape"][2], r["shape"][0]), []).append(r)
+    for (impl, causal, n, b), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r["shape"][1])
+        style = "--" if causal else "-"
+        label = f"{impl}{' causal' if causal else ''} (B={b}, N={n})"
+        for ax, key in ((axes[0], "fwdbwd_ms"), (axes[1], "fwdbwd_peak_mb")):
+            pts = [(r["shape"][1], r[key]) for r in rs if r.get(key)]
+            if not pts:
+                key2 = key.replace("fwdbwd", "fwd")
+                pts = [(r["shape"][1], r[key2]) for r in rs if r.get(key2)]
+                if not pts:
+                    continue
+                label_ = label + " [fwd]"
+            else:
+                label_ = label
+            ax.plot(*zip(*pts, strict=True), style, marker="o", label=label_)
+    axes[0].set(xscale="log", yscale="log", xlabel="T", ylabel="forward+backward time (ms)")
+    axes[1].set(xscale="log", yscale="log", xlabel="T", ylabel="peak memory above inputs (MB)")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# Main modes.
+# ----------------------------------------------------------------------------------------
+
+
+def available_impls(requested: list[str], device: str) -> list[str]:
+    out = []
+    for impl in requested:
+        if impl == "torch" and importlib.util.find_spec("torch") is None:
+            print("skipping torch: not installed (pip install 'attention_jax[bench]')")
+            continue
+        if impl == "tokamax" and importlib.util.find_spec("tokamax") is None:
+            print("skipping tokamax: not installed")
+            continue
+        if impl == "cudnn" and device != "gpu":
+            print("skipping cudnn: needs an NVIDIA GPU")
+            continue
+        if impl == "torch" and device != "cpu":
+            print("skipping torch: the PyTorch peer is a CPU build")
+            continue
+        out.append(impl)
+    return out
+
+
+def run_benchmark(args, device: str) -> None:
+    jax_setup(device)
+    dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
+    shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
+    impls = available_impls(args.impls.split(","), device)
+    causals = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
+    modes = args.modes.split(",")
+    repeats = 3 if args.quick and not args.repeats else (args.repeats or 10)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device)
+    print(json.dumps(env))
+    rate, rate_what = matmul_rate(device, max(repeats, 10))
+    print(f"matmul: {rate:.1f} GFLOP/s ({rate_what})")
+    itemsize = 2 if dtype == "bfloat16" else 4
+    avail = available_memory_bytes()
+    rows = []
+    for shape in shapes:
+        b, t, n, h = shape
+        for causal in causals:
+            row_of = {impl: {"impl": impl, "shape": shape, "causal": causal} for impl in impls}
+            if not args.memory_only:
+                for mode in modes:
+                    timed = []
+                    for impl in impls:
+                        if impl in QUADRATIC and t > QUADRATIC_MAX_T_TIMING:
+                            continue
+                        if estimated_bytes(impl, b, t, n, h, mode, itemsize) > 0.8 * avail:
+                            continue
+                        try:
+                            timed.append(Point(impl, shape, causal, mode, dtype))
+                        except Exception as e:  # an implementation that cannot serve it
+                            row_of[impl][f"{mode}_error"] = f"{type(e).__name__}: {e}"[:200]
+                    if not timed:
+                        continue
+                    reps = repeats if t <= 8192 or args.repeats else max(3, repeats // 2)
+                    meds = time_round_robin(timed, reps)
+                    for p, sec in zip(timed, meds, strict=True):
+                        row = row_of[p.impl]
+                        row[f"{mode}_ms"] = 1e3 * sec
+                        row[f"{mode}_gflops"] = flops(b, t, n, h, causal, mode) / sec / 1e9
+                        row[f"{mode}_repeats"] = reps
+                        print(f"{shape} causal={causal} {p.impl:12s} {mode:6s} {1e3 * sec:9.1f} ms")
+                    del timed
+            if not args.no_memory:
+                for mode in modes:
+                    for impl in impls:
+                        need = estimated_bytes(impl, b, t, n, h, mode, itemsize)
+                        if need > 0.8 * avail:
+                            row_of[impl][f"{mode}_peak_skipped"] = (
+                                f"needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB available"
+                            )
+                            continue
+                        res = measure_memory(
+                            {
+                                "impl": impl,
+                                "shape": shape,
+                                "causal": causal,
+                                "mode": mode,
+                                "dtype": dtype,
+                                "device": device,
+                            },
+                            timeout=args.memory_timeout,
+                        )
+                        if "error" in res:
+                            row_of[impl][f"{mode}_peak_error"] = res["error"]
+                            print(f"{shape} {impl} {mode} memory: {res['error']}")
+                            continue
+                        row_of[impl][f"{mode}_peak_mb"] = res["peak_above_baseline_bytes"] / 1e6
+                        row_of[impl][f"{mode}_peak_reset"] = res["peak_reset"]
+                        print(
+                            f"{shape} causal={causal} {impl:12s} {mode:6s} peak "
+                            f"{res['peak_above_baseline_bytes'] / 1e6:9.1f} MB"
+                        )
+            rows += [r for r in row_of.values() if len(r) > 3]
+    result = {"environment": env, "matmul_gflops": rate, "matmul": rate_what, "rows": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    table = markdown_table(rows, rate)
+    header = (
+        f"{env.get('cpu', device)}, {env['cpu_count']} cores; python {env['python']}, "
+        f"jax {env['jax']}, jaxlib {env['jaxlib']}"
+        + (f", torch {env['torch']}" if "torch" in env else "")
+        + f"; {dtype}; matmul {rate:.0f} GFLOP/s ({rate_what}); {env['date']}"
+    )
+    (out / "results.md").write_text(header + "\n\n" + table + "\n")
+    plot(rows, out / "attention.png", header)
+    print()
+    print(header)
+    print(table)
+
+
+def run_sweep(args, device: str) -> None:
+    jax_setup(device)
+    dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
+    shapes = parse_shapes(args.shapes or "1x4096x8x64")
+    blocks_q = [int(x) for x in args.sweep_q.split(",")]
+    blocks_k = [int(x) for x in args.sweep_k.split(",")]
+    causals = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
+    modes = args.modes.split(",")
+    repeats = args.repeats or (3 if args.quick else 10)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device)
+    print(json.dumps(env))
+    rows = []
+    for shape in shapes:
+        for causal in causals:
+            for mode in modes:
+                points = [
+                    Point("flash", shape, causal, mode, dtype, bq, bk)
+                    for bq in blocks_q
+                    for bk in blocks_k
+                ]
+                meds = time_round_robin(points, repeats, warmup=1)
+                for (bq, bk), sec in zip(
+                    [(bq, bk) for bq in blocks_q for bk in blocks_k], meds, strict=True
+                ):
+                    rows.append(
+                        {
+                            "shape": shape,
+                            "causal": causal,
+                            "mode": mode,
+                            "block_q": bq,
+                            "block_k": bk,
+                            "ms": 1e3 * sec,
+                        }
+                    )
+                    print(f"{shape} causal={causal} {mode} bq={bq} bk={bk} {1e3 * sec:.1f} ms")
+                del points
+    (out / "sweep.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    lines = []
+    for shape in shapes:
+        for causal in causals:
+            for mode in modes:
+                sel = [
+                    r
+                    for r in rows
+                    if r["shape"] == shape and r["causal"] == causal and r["mode"] == mode
+                ]
+                best = min(sel, key=lambda r: r["ms"])
+                lines.append(
+                    f"\n{shape}, causal={causal}, {mode} (ms; best bq={best['block_q']}, "
+                    f"bk={best['block_k']}):\n"
+                )
+                lines.append("| block_q \\ block_k | " + " | ".join(map(str, blocks_k)) + " |")
+                lines.append("|---" * (len(blocks_k) + 1) + "|")
+                for bq in blocks_q:
+                    cells = [
+                        fmt(next(r["ms"] for r in sel if r["block_q"] == bq and r["block_k"] == bk))
+                        for bk in blocks_k
+                    ]
+                    lines.append(f"| {bq} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    (out / "sweep.md").write_text(text + "\n")
+    print(text)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="out/bench", help="output folder")
+    parser.add_argument("--shapes", help=f"BxTxNxH list (default {DEFAULT_SHAPES})")
+    parser.add_argument(
+        "--impls", default=",".join(ALL_IMPLS), help=f"subset of {','.join(ALL_IMPLS)}"
+    )
+    parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+    parser.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both")
+    parser.add_argument("--quick", action="store_true", help="small shapes, 3 repeats")
+    parser.add_argument("--repeats", type=int, help="timed runs per point (default 10)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default by device")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing")
+    parser.add_argument("--memory-timeout", type=float, default=1800.0)
+    parser.add_argument("--sweep-blocks", action="store_true", help="flash block-size sweep")
+    parser.add_argument("--sweep-q", default="128,256,512,1024")
+    parser.add_argument("--sweep-k", default="128,256,512,1024")
+    parser.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        print(json.dumps(memory_child(json.loads(args.memory_child))))
+        return
+    device = args.device
+    if device == "auto":
+        import jax
+
+        device = "gpu" if jax.default_backend() in ("gpu", "cuda") else "cpu"
+    if args.sweep_blocks:
+        run_sweep(args, device)
+    else:
+        run_benchmark(args, device)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()
