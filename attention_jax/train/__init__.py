@@ -24,6 +24,7 @@ from attention_jax.train.sharding import (
     data_mesh,
     fsdp_spec,
     maybe_initialize_distributed,
+    place,
     replicated,
     state_shardings,
 )

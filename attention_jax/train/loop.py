@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from attention_jax.train.checkpoint import Checkpointer
 from attention_jax.train.logging import MetricsLogger, plot_history
 from attention_jax.train.loss import lm_loss, unpack_batch
-from attention_jax.train.sharding import replicated
+from attention_jax.train.sharding import place, replicated
 from attention_jax.train.step import BatchFn, LossFn, TrainStep
 
 __all__ = ["TrainResult", "train"]
@@ -189,7 +189,7 @@ def train(
     if start > steps:
         raise ValueError(f"checkpoint step {start} is beyond steps={steps}.")
     if data is not None:
-        data = jax.device_put(data, replicated(ts.mesh))
+        data = place(data, replicated(ts.mesh))
     logger = MetricsLogger(log_dir, start_step=start) if (log_dir and main) else None
     tokens_per_step = _tokens_per_step(ts.batch_fn, start, data)
     compile_seconds = ts.compile(start, data, rng)

@@ -27,6 +27,7 @@ __all__ = [
     "fsdp_spec",
     "state_shardings",
     "constrain_batch",
+    "place",
 ]
 
 DATA_AXIS = "data"
@@ -119,6 +120,36 @@ def state_shardings(state, mesh: Mesh, *, shard_params: bool = False):
     if not shard_params:
         return jax.tree.map(lambda _: replicated(mesh), state)
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n)), state)
+
+
+def place(tree, shardings):
+    """``jax.device_put(tree, shardings)`` that also works across processes.
+
+    With one process this is ``device_put``. In a multi-process job a process can only
+    write its own devices, so every array (which must hold the same value in every
+    process, e.g. parameters initialized from the same seed) is assembled from its host
+    copy with ``jax.make_array_from_callback``; arrays that are already global (e.g.
+    restored from a checkpoint) are resharded. Typed PRNG keys travel as their key data.
+
+    Args:
+      tree: pytree of arrays.
+      shardings: a sharding, or a pytree of them matching ``tree``.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)  # already global: a resharding
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = one(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
 
 
 def constrain_batch(batch, mesh: Mesh):

@@ -27,7 +27,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from attention_jax.train.loss import lm_loss
-from attention_jax.train.sharding import constrain_batch, data_mesh, replicated, state_shardings
+from attention_jax.train.sharding import (
+    constrain_batch,
+    data_mesh,
+    place,
+    replicated,
+    state_shardings,
+)
 
 __all__ = ["TrainStep", "make_eval_fn", "step_key"]
 
@@ -104,6 +110,12 @@ class TrainStep:
     Calling ``step_fn(step, data, rng=None)`` performs one update and returns the metrics
     as device scalars (no host sync): ``loss``, ``grad_norm`` (before clipping) and the
     loss function's aux values.
+
+    Compiled steps are shared between instances whose model/optimizer graphs (NNX
+    ``GraphDef``: module types, static attributes, the optax transformation object),
+    ``batch_fn``, ``loss_fn`` and placement are equal, as ``jax.jit`` shares them between
+    calls; behaviour that depends on anything else (a global flag read at trace time) is
+    not seen.
     """
 
     def __init__(
@@ -125,7 +137,7 @@ class TrainStep:
         graphdef, state = nnx.split((model, optimizer))
         leaves, self.treedef = jax.tree.flatten(state)
         self.shardings = state_shardings(leaves, self.mesh, shard_params=shard_params)
-        self.leaves = jax.device_put(leaves, self.shardings)
+        self.leaves = place(leaves, self.shardings)
         self._jit = _jitted_step(
             graphdef, self.treedef, self.batch_fn, loss_fn, self.mesh, self.shardings, donate
         )
@@ -159,7 +171,7 @@ class TrainStep:
         leaves, treedef = jax.tree.flatten(state)
         if treedef != self.treedef:
             raise ValueError("set_state: state structure differs from (model, optimizer).")
-        self.leaves = jax.device_put(leaves, self.shardings)
+        self.leaves = place(leaves, self.shardings)
 
     def sync(self) -> None:
         """Writes the live state into ``model`` and ``optimizer`` (they share its buffers
