@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # tqdm.auto warns in notebooks without ipywidgets
 
 from attention_jax.train.checkpoint import Checkpointer
 from attention_jax.train.logging import MetricsLogger, plot_history
