@@ -428,7 +428,8 @@ def _backward(cfg: _Config, res, cotangents):
             dq_i = lax.dot_general(
                 ds_in, k_blk, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
             )
-            dq = dq.at[i].add(dq_i)
+            # A plain read-modify-write of block i (``.at[i].add`` would lower to a scatter).
+            dq = lax.dynamic_update_index_in_dim(dq, dq[i] + dq_i, i, 0)
             return dk, dv, dq, dbias, dconsts
 
         def visited(i, c, masked):

@@ -87,7 +87,8 @@ def estimated_bytes(impl, b, t, n, h, mode, itemsize) -> float:
     float32 arrays (logits, weights; and their cotangents for the backward pass)."""
     linear = 8 * b * t * n * h * max(itemsize, 4)
     if impl in QUADRATIC or (impl == "torch" and mode == "fwdbwd"):
-        return linear + (3 if mode == "fwd" else 6) * 4.0 * b * n * t * t
+        # jax.nn's forward peaks near 2.5x the float32 logits (10.7 GB at 1x16384x4x64).
+        return linear + (2.6 if mode == "fwd" else 5.0) * 4.0 * b * n * t * t
     return linear + 64e6
 
 
@@ -198,6 +199,8 @@ class Point:
 
     def __init__(self, impl, shape, causal, mode, dtype, block_q=None, block_k=None):
         self.impl, self.shape, self.causal, self.mode = impl, shape, causal, mode
+        self.cpu: list[float] = []
+        self.block_q, self.block_k = block_q, block_k
         b, t, n, h = shape
         if impl == "torch":
             self.args = make_torch_inputs(b, t, n, h, dtype, mode == "fwdbwd")
@@ -212,21 +215,29 @@ class Point:
             self._block = jax.block_until_ready
 
     def run(self) -> float:
-        t0 = time.perf_counter()
+        """Runs once; returns the wall time and records the process CPU time in ``cpu``."""
+        c0, t0 = time.process_time(), time.perf_counter()
         out = self.fn(*self.args)
         if self.impl != "torch":
             self._block(out)
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        self.cpu.append(time.process_time() - c0)
+        return wall
 
 
 def time_round_robin(points: list[Point], repeats: int, warmup: int = 2) -> list[float]:
+    """Median wall time of each point, the points run in turn; each point's median process
+    CPU time (all threads) goes to ``point.cpu_median``, a steadier figure on a busy machine."""
     for p in points:
         for _ in range(warmup):
             p.run()
+        p.cpu = []
     times: list[list[float]] = [[] for _ in points]
     for _ in range(repeats):
         for i, p in enumerate(points):
             times[i].append(p.run())
+    for p in points:
+        p.cpu_median = statistics.median(p.cpu)
     return [statistics.median(ts) for ts in times]
 
 
@@ -351,11 +362,18 @@ def markdown_table(rows: list[dict], rate: float) -> str:
         "| fwd % matmul | fwd peak MB | fwd+bwd peak MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def ms(r, mode):
+        if r.get(f"{mode}_ms") is not None:
+            return fmt(r[f"{mode}_ms"])
+        single = r.get(f"{mode}_single_run_ms")  # untimed point: its one memory run
+        return "-" if single is None else f"{single:.0f}*"
+
     for r in rows:
         gf, gfb = r.get("fwd_gflops"), r.get("fwdbwd_gflops")
         lines.append(
             f"| {', '.join(map(str, r['shape']))} | {'yes' if r['causal'] else 'no'} | "
-            f"{r['impl']} | {fmt(r.get('fwd_ms'))} | {fmt(r.get('fwdbwd_ms'))} | {fmt(gf)} | "
+            f"{r['impl']} | {ms(r, 'fwd')} | {ms(r, 'fwdbwd')} | {fmt(gf)} | "
             f"{fmt(gfb)} | {fmt(None if gf is None else 100 * gf / rate)} | "
             f"{fmt(r.get('fwd_peak_mb'))} | {fmt(r.get('fwdbwd_peak_mb'))} |"
         )
@@ -363,38 +381,53 @@ def markdown_table(rows: list[dict], rate: float) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Forward and forward+backward time, and peak memory, against T (log-log)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    def value(r, key):
+        if key.endswith("_ms") and r.get(key) is None:
+            return r.get(key.replace("_ms", "_single_run_ms"))
+        return r.get(key)
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = (
+        ("fwd_ms", "forward time (ms)"),
+        ("fwdbwd_ms", "forward+backward time (ms)"),
+        ("fwdbwd_peak_mb", "peak memory above inputs (MB)"),
+    )
+    # One line per implementation (colour) and causality (dashed); the shapes of one
+    # line may differ in B and N (see the table), T is on the x axis.
+    colours = {impl: f"C{i}" for i, impl in enumerate(ALL_IMPLS)}
     series: dict[tuple, list] = {}
     for r in rows:
-        series.setdefault((r["impl"], r["causal"], r["shape"][2], r["shape"][0]), []).append(r)
-    for (impl, causal, n, b), rs in sorted(series.items()):
-        rs = sorted(rs, key=lambda r: r["shape"][1])
-        style = "--" if causal else "-"
-        label = f"{impl}{' causal' if causal else ''} (B={b}, N={n})"
-        for ax, key in ((axes[0], "fwdbwd_ms"), (axes[1], "fwdbwd_peak_mb")):
-            pts = [(r["shape"][1], r[key]) for r in rs if r.get(key)]
-            if not pts:
-                key2 = key.replace("fwdbwd", "fwd")
-                pts = [(r["shape"][1], r[key2]) for r in rs if r.get(key2)]
-                if not pts:
-                    continue
-                label_ = label + " [fwd]"
-            else:
-                label_ = label
-            ax.plot(*zip(*pts, strict=True), style, marker="o", label=label_)
-    axes[0].set(xscale="log", yscale="log", xlabel="T", ylabel="forward+backward time (ms)")
-    axes[1].set(xscale="log", yscale="log", xlabel="T", ylabel="peak memory above inputs (MB)")
-    for ax in axes:
+        series.setdefault((r["impl"], r["causal"]), []).append(r)
+    for (impl, causal), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: (r["shape"][1], -r["shape"][2]))
+        label = f"{impl}{' causal' if causal else ''}"
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            pts = [(r["shape"][1], value(r, key)) for r in rs if value(r, key)]
+            if key.endswith("peak_mb") and not pts:  # forward-only memory points
+                pts = [(r["shape"][1], r["fwd_peak_mb"]) for r in rs if r.get("fwd_peak_mb")]
+                label += " [fwd]"
+            if pts:
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    "--" if causal else "-",
+                    color=colours.get(impl),
+                    marker="o",
+                    label=label,
+                )
+    for ax, (_, ylabel) in zip(axes, panels, strict=True):
+        ax.set(xscale="log", yscale="log", xlabel="T", ylabel=ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.lines:
+            ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -447,7 +480,9 @@ def run_benchmark(args, device: str) -> None:
                 for mode in modes:
                     timed = []
                     for impl in impls:
-                        if impl in QUADRATIC and t > QUADRATIC_MAX_T_TIMING:
+                        if t > args.max_timing_t or (
+                            impl in QUADRATIC and t > QUADRATIC_MAX_T_TIMING
+                        ):
                             continue
                         if estimated_bytes(impl, b, t, n, h, mode, itemsize) > 0.8 * avail:
                             continue
@@ -464,6 +499,7 @@ def run_benchmark(args, device: str) -> None:
                         row[f"{mode}_ms"] = 1e3 * sec
                         row[f"{mode}_gflops"] = flops(b, t, n, h, causal, mode) / sec / 1e9
                         row[f"{mode}_repeats"] = reps
+                        row[f"{mode}_cpu_ms"] = 1e3 * p.cpu_median
                         print(f"{shape} causal={causal} {p.impl:12s} {mode:6s} {1e3 * sec:9.1f} ms")
                     del timed
             if not args.no_memory:
@@ -492,6 +528,7 @@ def run_benchmark(args, device: str) -> None:
                             continue
                         row_of[impl][f"{mode}_peak_mb"] = res["peak_above_baseline_bytes"] / 1e6
                         row_of[impl][f"{mode}_peak_reset"] = res["peak_reset"]
+                        row_of[impl][f"{mode}_single_run_ms"] = 1e3 * res["seconds"]
                         print(
                             f"{shape} causal={causal} {impl:12s} {mode:6s} peak "
                             f"{res['peak_above_baseline_bytes'] / 1e6:9.1f} MB"
@@ -506,7 +543,12 @@ def run_benchmark(args, device: str) -> None:
         + (f", torch {env['torch']}" if "torch" in env else "")
         + f"; {dtype}; matmul {rate:.0f} GFLOP/s ({rate_what}); {env['date']}"
     )
-    (out / "results.md").write_text(header + "\n\n" + table + "\n")
+    note = (
+        "\n\n`*`: not timed (T above --max-timing-t); the wall time of the single run "
+        "made by the memory subprocess. Peak MB: peak RSS above the RSS after creating "
+        "the inputs and compiling."
+    )
+    (out / "results.md").write_text(header + "\n\n" + table + note + "\n")
     plot(rows, out / "attention.png", header)
     print()
     print(header)
@@ -536,9 +578,8 @@ def run_sweep(args, device: str) -> None:
                     for bk in blocks_k
                 ]
                 meds = time_round_robin(points, repeats, warmup=1)
-                for (bq, bk), sec in zip(
-                    [(bq, bk) for bq in blocks_q for bk in blocks_k], meds, strict=True
-                ):
+                for p, sec in zip(points, meds, strict=True):
+                    bq, bk = p.block_q, p.block_k
                     rows.append(
                         {
                             "shape": shape,
@@ -547,9 +588,13 @@ def run_sweep(args, device: str) -> None:
                             "block_q": bq,
                             "block_k": bk,
                             "ms": 1e3 * sec,
+                            "cpu_ms": 1e3 * p.cpu_median,
                         }
                     )
-                    print(f"{shape} causal={causal} {mode} bq={bq} bk={bk} {1e3 * sec:.1f} ms")
+                    print(
+                        f"{shape} causal={causal} {mode} bq={bq} bk={bk} {1e3 * sec:.1f} ms "
+                        f"(cpu {1e3 * p.cpu_median:.0f} ms)"
+                    )
                 del points
     (out / "sweep.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
     lines = []
@@ -562,17 +607,19 @@ def run_sweep(args, device: str) -> None:
                     if r["shape"] == shape and r["causal"] == causal and r["mode"] == mode
                 ]
                 best = min(sel, key=lambda r: r["ms"])
+                best_cpu = min(sel, key=lambda r: r["cpu_ms"])
                 lines.append(
-                    f"\n{shape}, causal={causal}, {mode} (ms; best bq={best['block_q']}, "
-                    f"bk={best['block_k']}):\n"
+                    f"\n{shape}, causal={causal}, {mode}: wall ms / process CPU ms "
+                    f"(fastest wall: bq={best['block_q']}, bk={best['block_k']}; least CPU: "
+                    f"bq={best_cpu['block_q']}, bk={best_cpu['block_k']}):\n"
                 )
                 lines.append("| block_q \\ block_k | " + " | ".join(map(str, blocks_k)) + " |")
                 lines.append("|---" * (len(blocks_k) + 1) + "|")
                 for bq in blocks_q:
-                    cells = [
-                        fmt(next(r["ms"] for r in sel if r["block_q"] == bq and r["block_k"] == bk))
-                        for bk in blocks_k
-                    ]
+                    cells = []
+                    for bk in blocks_k:
+                        r = next(r for r in sel if r["block_q"] == bq and r["block_k"] == bk)
+                        cells.append(f"{r['ms']:.0f} / {r['cpu_ms']:.0f}")
                     lines.append(f"| {bq} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     (out / "sweep.md").write_text(text + "\n")
@@ -595,6 +642,12 @@ def main(argv=None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--memory-only", action="store_true", help="skip the timing")
     parser.add_argument("--memory-timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--max-timing-t",
+        type=int,
+        default=8192,
+        help="above this T only the memory run (one run, marked *) is made",
+    )
     parser.add_argument("--sweep-blocks", action="store_true", help="flash block-size sweep")
     parser.add_argument("--sweep-q", default="128,256,512,1024")
     parser.add_argument("--sweep-k", default="128,256,512,1024")
