@@ -8,7 +8,8 @@ Implementations:
 
 - ``"xla"``: the materialized path (full ``[B, N, T, S]`` logits); serves every option.
 - ``"flash"``: :func:`attention_jax.flash_attention`, blockwise in plain JAX, memory linear in
-  the sequence length; softmax only, no dropout, no returned weights.
+  the sequence length; softmax only, no dropout, no returned weights; reverse-mode autodiff
+  only (``jax.grad``/``vjp``; use ``"xla"`` for ``jax.jvp``/``jacfwd``).
 - ``"cudnn"``: ``jax.nn.dot_product_attention(..., implementation="cudnn")``, cuDNN's fused
   flash attention on NVIDIA GPUs; float16/bfloat16, head dim a multiple of 8 up to 128
   (256 from Hopper on), masks from causal / left windows / lengths / a dense mask, a dense
@@ -31,9 +32,12 @@ IMPLEMENTATIONS = ("xla", "flash", "cudnn", "tokamax")
 
 # With implementation=None, calls whose logits B*N*T*S have at least this many entries go to
 # the flash path (on CPU, and on accelerators where no fused kernel serves the options).
-# Measured on a 2-core x86 CPU (benchmarks/RESULTS.md): flash is as fast as the materialized
-# path from about 2^22 logits on and faster above; 2^24 float32 logits are 64 MiB.
-FLASH_MIN_LOGITS = 2**24
+# Measured on a 2-core x86 CPU, float32, H=64 (benchmarks/RESULTS.md): flash costs as much
+# CPU time as the materialized path at 2^17 logits, half of it at 2^19 and a fifth at 2^23.
+# The threshold sits a little above the crossover so that small calls, where either path
+# takes a few milliseconds, keep the materialized path (which also supports forward-mode
+# autodiff; the flash path's custom VJP is reverse-mode only).
+FLASH_MIN_LOGITS = 2**20
 
 
 class Selection(NamedTuple):
