@@ -33,7 +33,7 @@ __all__ = ["flash_attention", "merge_attention", "DEFAULT_BLOCK_Q", "DEFAULT_BLO
 
 # Chosen by the sweep recorded in benchmarks/RESULTS.md (2-core x86 CPU, float32).
 DEFAULT_BLOCK_Q = 256
-DEFAULT_BLOCK_K = 512
+DEFAULT_BLOCK_K = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -599,9 +599,10 @@ def flash_attention(
     padding masked. Logits, softmax and accumulation run in float32 (float64 for float64
     inputs); the output has the input dtype.
 
-    Block sizes. The defaults (``block_q=256``, ``block_k=512``) are the fastest of the sweep
-    recorded in ``benchmarks/RESULTS.md`` on a 2-core x86 CPU; blocks are clamped to ``T`` and
-    ``S``. On GPUs and TPUs, where a plain-JAX loop launches one kernel per block, larger
+    Block sizes. The defaults (``block_q = block_k = 256``) took the least CPU time in the
+    sweep recorded in ``benchmarks/RESULTS.md`` (2-core x86 CPU, float32, ``H = 64``; within
+    about 10% of the best in each of forward/backward, causal/not); blocks are clamped to
+    ``T`` and ``S``. On GPUs and TPUs, where a plain-JAX loop launches one kernel per block, larger
     blocks amortize the launch cost: ``block_q = block_k = 512`` to ``1024`` for
     ``H <= 128`` (keep ``block_q * block_k`` float32 scores per head within a few MiB), and
     multiples of 128 on TPU to match the MXU tiles. A fused kernel (``implementation="cudnn"``
