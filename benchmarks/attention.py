@@ -84,9 +84,10 @@ def available_memory_bytes() -> int:
 
 def estimated_bytes(impl, b, t, n, h, mode, itemsize) -> float:
     """A rough footprint: the inputs plus, for the quadratic paths, a few [B, N, T, T]
-    float32 arrays (logits, weights; and their cotangents for the backward pass)."""
+    float32 arrays (logits, weights; and their cotangents for the backward pass). PyTorch's
+    CPU SDPA runs a fused blockwise kernel, linear in T like the flash path."""
     linear = 8 * b * t * n * h * max(itemsize, 4)
-    if impl in QUADRATIC or (impl == "torch" and mode == "fwdbwd"):
+    if impl in QUADRATIC:
         # jax.nn's forward peaks near 2.5x the float32 logits (10.7 GB at 1x16384x4x64).
         return linear + (2.6 if mode == "fwd" else 5.0) * 4.0 * b * n * t * t
     return linear + 64e6
