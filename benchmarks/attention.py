@@ -475,11 +475,17 @@ def run_benchmark(args, device: str) -> None:
     rows = []
     for shape in shapes:
         b, t, n, h = shape
-        for causal in causals:
-            row_of = {impl: {"impl": impl, "shape": shape, "causal": causal} for impl in impls}
-            if not args.memory_only:
-                for mode in modes:
-                    timed = []
+        # Causal and non-causal points of a shape are timed in one round-robin too, so that
+        # their ratio is measured under the same load.
+        row_of = {
+            (impl, causal): {"impl": impl, "shape": shape, "causal": causal}
+            for causal in causals
+            for impl in impls
+        }
+        if not args.memory_only:
+            for mode in modes:
+                timed = []
+                for causal in causals:
                     for impl in impls:
                         if t > args.max_timing_t or (
                             impl in QUADRATIC and t > QUADRATIC_MAX_T_TIMING
@@ -490,25 +496,29 @@ def run_benchmark(args, device: str) -> None:
                         try:
                             timed.append(Point(impl, shape, causal, mode, dtype))
                         except Exception as e:  # an implementation that cannot serve it
-                            row_of[impl][f"{mode}_error"] = f"{type(e).__name__}: {e}"[:200]
-                    if not timed:
-                        continue
-                    reps = repeats if t <= 8192 or args.repeats else max(3, repeats // 2)
-                    meds = time_round_robin(timed, reps)
-                    for p, sec in zip(timed, meds, strict=True):
-                        row = row_of[p.impl]
-                        row[f"{mode}_ms"] = 1e3 * sec
-                        row[f"{mode}_gflops"] = flops(b, t, n, h, causal, mode) / sec / 1e9
-                        row[f"{mode}_repeats"] = reps
-                        row[f"{mode}_cpu_ms"] = 1e3 * p.cpu_median
-                        print(f"{shape} causal={causal} {p.impl:12s} {mode:6s} {1e3 * sec:9.1f} ms")
-                    del timed
+                            row_of[impl, causal][f"{mode}_error"] = f"{type(e).__name__}: {e}"[:200]
+                if not timed:
+                    continue
+                reps = repeats if t <= 8192 or args.repeats else max(3, repeats // 2)
+                meds = time_round_robin(timed, reps)
+                for p, sec in zip(timed, meds, strict=True):
+                    row = row_of[p.impl, p.causal]
+                    row[f"{mode}_ms"] = 1e3 * sec
+                    row[f"{mode}_gflops"] = flops(b, t, n, h, p.causal, mode) / sec / 1e9
+                    row[f"{mode}_repeats"] = reps
+                    row[f"{mode}_cpu_ms"] = 1e3 * p.cpu_median
+                    print(
+                        f"{shape} causal={p.causal} {p.impl:12s} {mode:6s} {1e3 * sec:9.1f} ms "
+                        f"(cpu {1e3 * p.cpu_median:.0f} ms)"
+                    )
+                del timed
+        for causal in causals:
             if not args.no_memory:
                 for mode in modes:
                     for impl in impls:
                         need = estimated_bytes(impl, b, t, n, h, mode, itemsize)
                         if need > 0.8 * avail:
-                            row_of[impl][f"{mode}_peak_skipped"] = (
+                            row_of[impl, causal][f"{mode}_peak_skipped"] = (
                                 f"needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB available"
                             )
                             continue
@@ -524,17 +534,18 @@ def run_benchmark(args, device: str) -> None:
                             timeout=args.memory_timeout,
                         )
                         if "error" in res:
-                            row_of[impl][f"{mode}_peak_error"] = res["error"]
+                            row_of[impl, causal][f"{mode}_peak_error"] = res["error"]
                             print(f"{shape} {impl} {mode} memory: {res['error']}")
                             continue
-                        row_of[impl][f"{mode}_peak_mb"] = res["peak_above_baseline_bytes"] / 1e6
-                        row_of[impl][f"{mode}_peak_reset"] = res["peak_reset"]
-                        row_of[impl][f"{mode}_single_run_ms"] = 1e3 * res["seconds"]
+                        row = row_of[impl, causal]
+                        row[f"{mode}_peak_mb"] = res["peak_above_baseline_bytes"] / 1e6
+                        row[f"{mode}_peak_reset"] = res["peak_reset"]
+                        row[f"{mode}_single_run_ms"] = 1e3 * res["seconds"]
                         print(
                             f"{shape} causal={causal} {impl:12s} {mode:6s} peak "
                             f"{res['peak_above_baseline_bytes'] / 1e6:9.1f} MB"
                         )
-            rows += [r for r in row_of.values() if len(r) > 3]
+        rows += [r for r in row_of.values() if len(r) > 3]
     result = {"environment": env, "matmul_gflops": rate, "matmul": rate_what, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     table = markdown_table(rows, rate)
