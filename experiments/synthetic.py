@@ -186,6 +186,7 @@ def main(argv=None):
         f"{task.seq_len(args.length)} tokens; {num_params:,} parameters",
         file=sys.stderr,
     )
+    t_train = time.perf_counter()
     result = T.train(
         model,
         optimizer,
@@ -201,7 +202,7 @@ def main(argv=None):
         progress=not args.no_progress,
         desc=f"{args.task}",
     )
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = time.perf_counter() - t_train
 
     final, correct = evaluate(model, heldout)
     final = {k: float(v) for k, v in final.items()}
@@ -262,8 +263,8 @@ def main(argv=None):
             if greedy is not None
             else ""
         )
-        + f"\n{args.steps} steps in {train_seconds:.0f} s ({total_seconds:.0f} s in all; compile "
-        f"{result.compile_seconds:.1f} s)\nplot: {out / 'loss.png'}\ncheckpoint: {out / 'ckpt' / str(args.steps)}"
+        + f"\n{args.steps} steps in {train_seconds:.0f} s (compile {result.compile_seconds:.1f} s and "
+        f"evaluations included; {total_seconds:.0f} s from start to end)\nplot: {out / 'loss.png'}\ncheckpoint: {out / 'ckpt' / str(args.steps)}"
         f"\nmetrics: {out / 'metrics.json'}"
     )
     return metrics
