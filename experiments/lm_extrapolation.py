@@ -199,8 +199,10 @@ def plot(results: dict, lengths: list[int], block: int, path: pathlib.Path) -> N
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm, r in results.items():
         pts = [(n, r["val_loss"][str(n)]) for n in lengths if r["val_loss"].get(str(n)) is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", lw=1.5, label=arm)
+        if pts:  # a lone point (the learned table) as a larger square, so it stays visible
+            big = len(pts) == 1
+            ax.plot(*zip(*pts, strict=True), marker="s" if big else "o", ms=9 if big else 6,
+                    lw=1.5, label=arm, zorder=3 if big else 2)  # fmt: skip
     ax.axvline(block, color="k", ls="--", lw=1)
     ax.text(block * 1.03, ax.get_ylim()[1], f" train block {block}", va="top", fontsize=8)
     ax.set_xscale("log", base=2)
@@ -303,7 +305,9 @@ def main(argv=None):
                     "eval_lengths": lengths,
                     "eval_tokens": usable,
                     "eval_batch_tokens": batch_tokens,
-                    "char_lm_args": {k: v for k, v in vars(lm).items() if k != "out"},
+                    "char_lm_args": {
+                        k: v for k, v in vars(lm).items() if k not in ("out", "positional")
+                    },
                 },
                 "published": PUBLISHED,
                 "environment": {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
