@@ -154,7 +154,7 @@ def main(argv=None):
     key = jax.random.key(args.seed)
     k_init, k_data, k_eval, k_drop, k_sample = jax.random.split(key, 5)
     model = TransformerLM(config, rngs=nnx.Rngs(params=k_init, dropout=k_drop))
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    num_params = T.count_params(model)
 
     decay_steps = args.steps if args.decay_steps is None else args.decay_steps
     schedule_kw = dict(warmup_steps=args.warmup, decay_steps=decay_steps, end_lr=args.min_lr)

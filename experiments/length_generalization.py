@@ -202,7 +202,7 @@ def run_one(args, task: SyntheticTask, test_sets: dict, arm: str, seed: int, out
     # The data stream depends on the seed only: every arm of a seed sees the same batches.
     k_init, k_data = jax.random.split(jax.random.key(seed))
     model = TransformerLM(config, rngs=nnx.Rngs(k_init))
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    num_params = T.count_params(model)
     schedule_kw = dict(warmup_steps=args.warmup, decay_steps=args.steps, end_lr=args.lr / 10)
     tx = T.make_optimizer(args.lr, **schedule_kw, weight_decay=args.weight_decay)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)

@@ -147,7 +147,7 @@ def main(argv=None):
     T.write_json(out / "config.json", config_json)
     k_init, k_data, k_heldout, k_decode = jax.random.split(jax.random.key(args.seed), 4)
     model = TransformerLM(config, rngs=nnx.Rngs(k_init))
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    num_params = T.count_params(model)
     schedule_kw = dict(warmup_steps=args.warmup, decay_steps=args.steps, end_lr=args.lr / 10)
     tx = T.make_optimizer(args.lr, **schedule_kw, weight_decay=args.weight_decay)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)

@@ -401,3 +401,9 @@ def test_four_device_step_equals_one_device():
         np.testing.assert_allclose(out[name]["losses"], one["losses"], atol=1e-5)
         for a, b in zip(out[name]["params"], one["params"], strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_count_params():
+    layer = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    assert T.count_params(layer) == 3 * 4 + 4
+    assert T.count_params(layer, wrt=nnx.Not(nnx.Param)) == 0

@@ -13,7 +13,13 @@ Typical use (see ``experiments/`` for complete scripts)::
 """
 
 from attention_jax.train.checkpoint import Checkpointer
-from attention_jax.train.logging import MetricsLogger, plot_history, read_jsonl, write_json
+from attention_jax.train.logging import (
+    MetricsLogger,
+    count_params,
+    plot_history,
+    read_jsonl,
+    write_json,
+)
 from attention_jax.train.loop import TrainResult, train
 from attention_jax.train.loss import cross_entropy, lm_loss, unpack_batch
 from attention_jax.train.optim import decay_mask, make_optimizer, make_schedule

@@ -12,7 +12,10 @@ import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["MetricsLogger", "read_jsonl", "write_json", "plot_history"]
+import jax
+from flax import nnx
+
+__all__ = ["MetricsLogger", "count_params", "read_jsonl", "write_json", "plot_history"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -29,6 +32,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def count_params(model: nnx.Module, wrt: Any = nnx.Param) -> int:
+    """Number of scalars in the variables of ``model`` that ``wrt`` (an NNX filter) selects,
+    as reported in the experiments' ``metrics.json``."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, wrt)))
 
 
 def _jsonable(x):
