@@ -60,6 +60,13 @@ def parse_args(argv=None):
         default="learned",
         choices=["learned", "sinusoidal", "rope", "alibi", "t5", "none"],
     )
+    g.add_argument("--t5-buckets", type=int, default=32, help="T5 bias: number of buckets")
+    g.add_argument(
+        "--t5-max-distance",
+        type=int,
+        default=128,
+        help="T5 bias: distances from this on share the last bucket",
+    )
     g.add_argument("--norm", default="layernorm", choices=["layernorm", "rmsnorm"])
     g.add_argument("--mlp", default="gelu", choices=["gelu", "swiglu", "relu"])
     g.add_argument(
@@ -138,6 +145,8 @@ def main(argv=None):
         mlp_ratio=args.mlp_ratio,
         max_len=args.block,
         positional=args.positional,
+        t5_num_buckets=args.t5_buckets,
+        t5_max_distance=args.t5_max_distance,
         norm=args.norm,
         mlp=args.mlp,
         dropout=args.dropout,

@@ -223,3 +223,9 @@ def test_lm_extrapolation_smoke(tmp_path, fast_env):
     assert "| learned |" in md and "n/a" in md and "Press et al." in md
     assert (out / "val_loss_vs_length.png").stat().st_size > 0
     assert (out / "alibi" / "metrics.json").exists()
+
+
+def test_lm_extrapolation_passes_model_flags_to_char_lm():
+    args = lm_extrapolation.parse_args(["--t5-max-distance", "64", "--t5-buckets", "16"])
+    assert (args.lm.t5_max_distance, args.lm.t5_buckets) == (64, 16)
+    assert lm_extrapolation.parse_args([]).lm.t5_max_distance == 128
