@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from attention_jax import softmax as _softmax
 from attention_jax._inputs import AttentionInputs, _float_array, canonicalize_attention_inputs
@@ -65,9 +66,17 @@ def materialized_logits_and_mask(
     logits = softcap(scale * q k^T) + bias (+ bias_fn(q_positions, k_positions)).
     """
     b, t, s, n, k, h = inp.dims
-    q = inp.query.reshape(b, t, k, n // k, h)
     dtype = _logits_dtype(inp.query.dtype)
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, inp.key, preferred_element_type=dtype)
+    # Heads-major operands, [B, K, G*T, H] x [B, K, S, H] -> [B, K, G*T, S], so that the
+    # product comes out in its final layout: with the einsum "btkgh,bskh->bkgts" XLA:CPU
+    # computed k q^T and then transposed the whole [T, S] array (2x slower forward).
+    q = inp.query.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4).reshape(b, k, -1, h)
+    logits = lax.dot_general(
+        q,
+        inp.key.transpose(0, 2, 1, 3),
+        (((3,), (3,)), ((0, 1), (0, 1))),
+        preferred_element_type=dtype,
+    )
     logits = logits.reshape(b, n, t, s) * jnp.asarray(inp.scale, dtype)
     if softcap is not None:
         logits = softcap * jnp.tanh(logits / softcap)
@@ -119,11 +128,12 @@ def _materialized_attention(
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum(
-        "bkgts,bskh->btkgh",
-        weights.reshape(b, k, n // k, t, s),
-        inp.value.astype(weights.dtype),
-    ).reshape(b, t, n, h)
+    out = lax.dot_general(
+        weights.reshape(b, k, -1, s),
+        inp.value.astype(weights.dtype).transpose(0, 2, 1, 3),
+        (((3,), (2,)), ((0, 1), (0, 1))),
+    )  # [B, K, G*T, H]
+    out = out.reshape(b, k, n // k, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
     if inp.query_seq_lengths is not None:
         # Padded query rows output zeros, as in jax.nn.dot_product_attention.
         valid = jnp.arange(t)[None, :] < inp.query_seq_lengths[:, None]
