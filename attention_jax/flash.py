@@ -32,7 +32,7 @@ from attention_jax.masks import attention_mask, combine_masks
 __all__ = ["flash_attention", "merge_attention", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
 
 # Chosen by the sweep recorded in benchmarks/RESULTS.md (2-core x86 CPU, float32).
-DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_Q = 512
 DEFAULT_BLOCK_K = 256
 
 
@@ -603,14 +603,16 @@ def flash_attention(
     padding masked. Logits, softmax and accumulation run in float32 (float64 for float64
     inputs); the output has the input dtype.
 
-    Block sizes. The defaults (``block_q = block_k = 256``) took the least CPU time in the
-    sweep recorded in ``benchmarks/RESULTS.md`` (2-core x86 CPU, float32, ``H = 64``; within
-    about 10% of the best in each of forward/backward, causal/not); blocks are clamped to
-    ``T`` and ``S``. On GPUs and TPUs, where a plain-JAX loop launches one kernel per block, larger
-    blocks amortize the launch cost: ``block_q = block_k = 512`` to ``1024`` for
-    ``H <= 128`` (keep ``block_q * block_k`` float32 scores per head within a few MiB), and
-    multiples of 128 on TPU to match the MXU tiles. A fused kernel (``implementation="cudnn"``
-    or ``"tokamax"`` in :func:`attention_jax.dot_product_attention`) is faster there.
+    Block sizes. The defaults (``block_q = 512``, ``block_k = 256``) were the fastest or
+    within 4% of the fastest in each of forward / forward+backward, causal or not, in the
+    sweep recorded in ``benchmarks/RESULTS.md`` (idle 2-core x86 CPU, float32, ``H = 64``);
+    smaller blocks left XLA:CPU's second thread mostly idle (process CPU time 1.2x the wall
+    time at 256x256, 1.9x at 512x256). Blocks are clamped to ``T`` and ``S``. On GPUs and
+    TPUs, where a plain-JAX loop launches one kernel per block, larger blocks amortize the
+    launch cost: ``block_q = block_k = 512`` to ``1024`` for ``H <= 128`` (keep
+    ``block_q * block_k`` float32 scores per head within a few MiB), and multiples of 128 on
+    TPU to match the MXU tiles. A fused kernel (``implementation="cudnn"`` or ``"tokamax"``
+    in :func:`attention_jax.dot_product_attention`) is faster there.
 
     Args:
       query: ``[B, T, N, H]`` floating array.
