@@ -13,7 +13,8 @@ Implementations (``--impls``):
 For every shape ``(B, T, N, H)`` (``S = T``, ``K = N``), causal or not, the forward and the
 forward+backward passes are jitted, warmed up and timed (median of ``--repeats`` runs,
 ``block_until_ready``). The implementations of one point are timed round-robin, so that a
-change of machine load hits them alike. Throughput is reported in GFLOP/s with the
+change of machine load hits them alike, or with ``--schedule blocked`` one after the other,
+each undisturbed by the others' allocations (the better choice on an idle machine). Throughput is reported in GFLOP/s with the
 FlashAttention convention (forward ``4 B N T S H``, halved when causal; forward+backward
 3.5 times the forward) and against a float32 (bfloat16 on GPU) matmul measured in the same
 run.
@@ -226,14 +227,32 @@ class Point:
         return wall
 
 
-def time_round_robin(points: list[Point], repeats: int, warmup: int = 2) -> list[float]:
-    """Median wall time of each point, the points run in turn; each point's median process
-    CPU time (all threads) goes to ``point.cpu_median``, a steadier figure on a busy machine."""
+def time_points(
+    points: list[Point], repeats: int, warmup: int = 2, schedule: str = "round-robin"
+) -> list[float]:
+    """Median wall time of each point; each point's median process CPU time (all threads)
+    goes to ``point.cpu_median``, a steadier figure on a busy machine.
+
+    ``schedule="round-robin"`` runs the points in turn (run 1 of each, run 2 of each, ...),
+    so that a change of machine load hits them alike; ``"blocked"`` warms up and times each
+    point in turn, undisturbed by the others (on an idle machine: a call right after one that
+    allocated and freed a gigabyte of logits runs up to 25% slower).
+    """
+    if schedule not in ("round-robin", "blocked"):
+        raise ValueError(f"schedule must be 'round-robin' or 'blocked', got {schedule!r}")
+    times: list[list[float]] = [[] for _ in points]
+    if schedule == "blocked":
+        for i, p in enumerate(points):
+            for _ in range(warmup):
+                p.run()
+            p.cpu = []
+            times[i] = [p.run() for _ in range(repeats)]
+            p.cpu_median = statistics.median(p.cpu)
+        return [statistics.median(ts) for ts in times]
     for p in points:
         for _ in range(warmup):
             p.run()
         p.cpu = []
-    times: list[list[float]] = [[] for _ in points]
     for _ in range(repeats):
         for i, p in enumerate(points):
             times[i].append(p.run())
@@ -500,7 +519,7 @@ def run_benchmark(args, device: str) -> None:
                 if not timed:
                     continue
                 reps = repeats if t <= 8192 or args.repeats else max(3, repeats // 2)
-                meds = time_round_robin(timed, reps)
+                meds = time_points(timed, reps, schedule=args.schedule)
                 for p, sec in zip(timed, meds, strict=True):
                     row = row_of[p.impl, p.causal]
                     row[f"{mode}_ms"] = 1e3 * sec
@@ -589,7 +608,7 @@ def run_sweep(args, device: str) -> None:
                     for bq in blocks_q
                     for bk in blocks_k
                 ]
-                meds = time_round_robin(points, repeats, warmup=1)
+                meds = time_points(points, repeats, warmup=1, schedule=args.schedule)
                 for p, sec in zip(points, meds, strict=True):
                     bq, bk = p.block_q, p.block_k
                     rows.append(
@@ -649,6 +668,12 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both")
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 repeats")
     parser.add_argument("--repeats", type=int, help="timed runs per point (default 10)")
+    parser.add_argument(
+        "--schedule",
+        choices=["round-robin", "blocked"],
+        default="round-robin",
+        help="round-robin (robust to a changing load) or blocked (each point alone; idle machine)",
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default by device")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
