@@ -10,23 +10,14 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
-import lm_extrapolation  # noqa: E402  (its checkpoint reader)
-
-from attention_jax import train as T  # noqa: E402
-from attention_jax.data import (  # noqa: E402
-    CharTokenizer,
-    load_tinyshakespeare,
-    random_windows,
-    train_val_split,
-)
-from attention_jax.nn import TransformerConfig, TransformerLM  # noqa: E402
+from attention_jax import train as T
+from attention_jax.data import CharTokenizer, load_tinyshakespeare, random_windows, train_val_split
+from attention_jax.nn import TransformerConfig, TransformerLM
 
 
 def main(argv=None):
@@ -41,7 +32,7 @@ def main(argv=None):
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = TransformerConfig(**json.loads((run / "config.json").read_text()))
     model = TransformerLM(cfg, rngs=nnx.Rngs(0))
-    lm_extrapolation.load_params(model, run / "ckpt", metrics["steps"])
+    T.load_params(model, run / "ckpt", metrics["steps"])
     if args.data == "tinyshakespeare":
         text = load_tinyshakespeare()
     else:

@@ -36,7 +36,6 @@ import char_lm  # experiments/char_lm.py, beside this script
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from attention_jax import train as T
@@ -115,35 +114,6 @@ def parse_args(argv=None):
     args.lm_argv = lm_argv
     args.lm = char_lm.parse_args(lm_argv)  # the char_lm settings every arm trains with
     return args
-
-
-def load_params(model: nnx.Module, checkpoint_dir: pathlib.Path, step: int) -> None:
-    """Copies the parameters of ``T.train``'s checkpoint ``step`` into ``model``.
-
-    The checkpoint holds ``nnx.state((model, optimizer))`` as nested dicts with string keys;
-    only the model's ``nnx.Param`` leaves are read, so ``model`` may differ from the trained
-    one in anything that has no parameters (here ``max_len``).
-    """
-    with ocp.CheckpointManager(checkpoint_dir.resolve(), item_names=("state", "meta")) as mngr:
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
-        )
-    saved = restored["state"]["0"]  # (model, optimizer)[0]
-
-    def fill(template, tree, path=()):
-        if isinstance(template, dict):
-            return {k: fill(v, tree[str(k)], (*path, str(k))) for k, v in template.items()}
-        value = np.asarray(tree)
-        if value.shape != template.shape:
-            raise ValueError(
-                f"{'/'.join(path)}: checkpoint shape {value.shape} != model {template.shape}"
-            )
-        return jnp.asarray(value, template.dtype)
-
-    params = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(params, fill(nnx.to_pure_dict(params), saved))
-    nnx.update(model, params)
 
 
 def window_loss(model, val_ids: np.ndarray, length: int, batch_tokens: int) -> tuple[float, int]:
@@ -260,7 +230,7 @@ def main(argv=None):
         model = TransformerLM(
             TransformerConfig(**{**trained, "max_len": max_len}), rngs=nnx.Rngs(0)
         )
-        load_params(model, run_dir / "ckpt", lm.steps)
+        T.load_params(model, run_dir / "ckpt", lm.steps)
         val_loss, tokens = {}, {}
         for n in lengths:
             if n > max_len:

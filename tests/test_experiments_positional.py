@@ -58,21 +58,8 @@ def test_length_generalization_smoke(tmp_path, fast_env):
     out = tmp_path / "lg"
     tiny = ["--layers", 1, "--d-model", 16, "--heads", 2, "--batch", 8, "--eval-size", 8]
     arms = ["none", "rope_0.5"]
-    run_script(
-        "length_generalization.py",
-        "--quick",
-        "--steps",
-        20,
-        "--arms",
-        ",".join(arms),
-        "--train-length",
-        3,
-        *tiny,
-        "--no-progress",
-        "--out",
-        out,
-        env=fast_env,
-    )
+    common = ["--quick", "--steps", 20, "--train-length", 3, *tiny, "--no-progress", "--out", out]
+    run_script("length_generalization.py", *common, "--arms", ",".join(arms), env=fast_env)
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["seeds"] == 1 and res["settings"]["test_length"] == 6
     assert [r["arm"] for r in res["runs"]] == arms
@@ -96,18 +83,10 @@ def test_length_generalization_smoke(tmp_path, fast_env):
     # --resume with one more arm trains only that arm.
     run_script(
         "length_generalization.py",
-        "--quick",
-        "--steps",
-        20,
+        *common,
         "--arms",
         ",".join([*arms, "learned"]),
-        "--train-length",
-        3,
-        *tiny,
-        "--no-progress",
         "--resume",
-        "--out",
-        out,
         env=fast_env,
     )
     res2 = json.loads((out / "results.json").read_text())
@@ -156,7 +135,7 @@ def test_load_params_into_longer_model(tmp_path):
     with T.Checkpointer(tmp_path / "ckpt") as ckpt:
         ckpt.save(7, nnx.state((model, optimizer)), {"note": "test"})
     longer = TransformerLM(dataclasses.replace(cfg, max_len=32), rngs=nnx.Rngs(1))
-    lm_extrapolation.load_params(longer, tmp_path / "ckpt", 7)
+    T.load_params(longer, tmp_path / "ckpt", 7)
     for a, b in zip(
         jax.tree.leaves(nnx.state(model, nnx.Param)),
         jax.tree.leaves(nnx.state(longer, nnx.Param)),
@@ -173,7 +152,7 @@ def test_load_params_into_longer_model(tmp_path):
         ckpt.save(1, nnx.state((small, opt)))
     big = TransformerLM(dataclasses.replace(learned, max_len=32), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="shape"):
-        lm_extrapolation.load_params(big, tmp_path / "ckpt2", 1)
+        T.load_params(big, tmp_path / "ckpt2", 1)
 
 
 def test_lm_extrapolation_smoke(tmp_path, fast_env):

@@ -12,7 +12,7 @@ Typical use (see ``experiments/`` for complete scripts)::
                      log_dir="out/run", checkpoint_dir="out/run/ckpt", resume=True)
 """
 
-from attention_jax.train.checkpoint import Checkpointer
+from attention_jax.train.checkpoint import Checkpointer, load_params
 from attention_jax.train.logging import (
     MetricsLogger,
     count_params,

@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "load_params"]
 
 
 def _to_tree(state: nnx.State):
@@ -172,3 +174,36 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def load_params(model: nnx.Module, directory: str | os.PathLike, step: int) -> None:
+    """Copies the parameters of a :class:`Checkpointer` checkpoint of ``(model, optimizer)``
+    (as :func:`attention_jax.train.train` writes them) into ``model``.
+
+    Only the model's ``nnx.Param`` leaves are read, so neither the optimizer nor anything of
+    ``model`` that has no parameters (e.g. ``max_len`` for relative positions) needs to match
+    the trained run.
+
+    Raises:
+      ValueError: naming the parameter, if a saved shape differs from the model's.
+    """
+    with ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta")) as manager:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+    saved = restored["state"]["0"]  # (model, optimizer)[0]
+
+    def fill(template, tree, path=()):
+        if isinstance(template, dict):
+            return {k: fill(v, tree[str(k)], (*path, str(k))) for k, v in template.items()}
+        value = np.asarray(tree)
+        if value.shape != template.shape:
+            raise ValueError(
+                f"{'/'.join(path)}: checkpoint shape {value.shape} != model {template.shape}"
+            )
+        return jnp.asarray(value, template.dtype)
+
+    params = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(params, fill(nnx.to_pure_dict(params), saved))
+    nnx.update(model, params)
