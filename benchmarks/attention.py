@@ -14,8 +14,8 @@ For every shape ``(B, T, N, H)`` (``S = T``, ``K = N``), causal or not, the forw
 forward+backward passes are jitted, warmed up and timed (median of ``--repeats`` runs,
 ``block_until_ready``). The implementations of one point are timed round-robin, so that a
 change of machine load hits them alike, or with ``--schedule blocked`` one after the other,
-each undisturbed by the others' allocations (the better choice on an idle machine). Throughput is reported in GFLOP/s with the
-FlashAttention convention (forward ``4 B N T S H``, halved when causal; forward+backward
+each undisturbed by the others' allocations (the better choice on an idle machine).
+Throughput is reported in GFLOP/s with the FlashAttention convention (forward ``4 B N T S H``, halved when causal; forward+backward
 3.5 times the forward) and against a float32 (bfloat16 on GPU) matmul measured in the same
 run.
 
@@ -235,20 +235,14 @@ def time_points(
 
     ``schedule="round-robin"`` runs the points in turn (run 1 of each, run 2 of each, ...),
     so that a change of machine load hits them alike; ``"blocked"`` warms up and times each
-    point in turn, undisturbed by the others (on an idle machine: a call right after one that
-    allocated and freed a gigabyte of logits runs up to 25% slower).
+    point in turn, undisturbed by the others (on an idle machine a call right after one that
+    allocated and freed gigabytes of logits ran 10 to 30% slower).
     """
     if schedule not in ("round-robin", "blocked"):
         raise ValueError(f"schedule must be 'round-robin' or 'blocked', got {schedule!r}")
-    times: list[list[float]] = [[] for _ in points]
     if schedule == "blocked":
-        for i, p in enumerate(points):
-            for _ in range(warmup):
-                p.run()
-            p.cpu = []
-            times[i] = [p.run() for _ in range(repeats)]
-            p.cpu_median = statistics.median(p.cpu)
-        return [statistics.median(ts) for ts in times]
+        return [time_points([p], repeats, warmup)[0] for p in points]
+    times: list[list[float]] = [[] for _ in points]
     for p in points:
         for _ in range(warmup):
             p.run()
