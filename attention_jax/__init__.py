@@ -1,6 +1,7 @@
 """attention_jax: attention as pure, jit-able JAX functions, with Flax NNX modules on top.
 
-The functional API lives at the top level; modules are in :mod:`attention_jax.nn`.
+The functional API (jax and numpy only) lives at the top level; the Flax NNX modules, caches
+and ``generate`` are in :mod:`attention_jax.nn`, training in :mod:`attention_jax.train`.
 """
 
 __version__ = "0.1.0"
@@ -28,9 +29,23 @@ from attention_jax.positional import (
     t5_relative_bias,
     t5_relative_position_bucket,
 )
-from attention_jax.softmax import log_softmax, softcap, softmax, softmax_one, sparsemax
+from attention_jax.normalizers import (
+    NORMALIZERS,
+    get_normalizer,
+    log_softmax,
+    sigmoid,
+    softcap,
+    softmax,
+    softmax_one,
+    sparsemax,
+)
 
-# --- generation (the NNX modules themselves live in attention_jax.nn) ---
-# isort: split
-from attention_jax.nn.checks import validate_tokens
-from attention_jax.nn.generate import generate
+
+def __getattr__(name: str):
+    # `generate` and `validate_tokens` belong to the NNX layer; they stay reachable here for
+    # existing code, but only on first use, so `import attention_jax` never imports flax.
+    if name in ("generate", "validate_tokens"):
+        from attention_jax import nn
+
+        return getattr(nn, name)
+    raise AttributeError(f"module 'attention_jax' has no attribute {name!r}")

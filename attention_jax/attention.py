@@ -8,37 +8,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention_jax import softmax as _softmax
+from attention_jax import normalizers
 from attention_jax._inputs import AttentionInputs, _float_array, canonicalize_attention_inputs
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention_canonical
 from attention_jax.masks import attention_mask, combine_masks
 
-__all__ = ["dot_product_attention", "additive_attention", "attention_pool", "NORMALIZERS"]
-
-
-def _sigmoid(logits, where=None):
-    w = jax.nn.sigmoid(logits)
-    return w if where is None else jnp.where(where, w, 0.0)
-
-
-NORMALIZERS: dict[str, Callable] = {
-    "softmax": _softmax.softmax,
-    "softmax_one": _softmax.softmax_one,
-    "sparsemax": _softmax.sparsemax,
-    "sigmoid": _sigmoid,
-}
-
-
-def _normalizer_fn(normalizer) -> Callable:
-    if callable(normalizer):
-        return normalizer
-    if normalizer not in NORMALIZERS:
-        raise ValueError(
-            f"normalizer must be one of {sorted(NORMALIZERS)} or a callable "
-            f"(logits, where) -> weights, got {normalizer!r}."
-        )
-    return NORMALIZERS[normalizer]
+__all__ = ["dot_product_attention", "additive_attention", "attention_pool"]
 
 
 def _check_options(softcap, dropout_rate, dropout_rng) -> None:
@@ -121,7 +97,7 @@ def _materialized_attention(
     )
     if mask is not None:
         mask = jnp.broadcast_to(mask, logits.shape)
-    weights = _normalizer_fn(normalizer)(logits, where=mask)
+    weights = normalizers.get_normalizer(normalizer)(logits, where=mask)
     if mask is not None:
         # Guarantees zero weight on masked keys whatever a custom normalizer returns.
         weights = jnp.where(mask, weights, 0.0)
@@ -331,7 +307,7 @@ def dot_product_attention(
         query_positions=query_positions,
         key_value_positions=key_value_positions,
     )
-    _normalizer_fn(normalizer)
+    normalizers.get_normalizer(normalizer, fn="dot_product_attention")
     _check_options(softcap, dropout_rate, dropout_rng)
     selection = select_implementation(
         inp.query,
@@ -443,7 +419,7 @@ def additive_attention(
         _check_broadcast(mask, "mask", (b, s) if key_padding else (b, t, s))
         if key_padding:
             mask = jnp.broadcast_to(mask, (b, s))[:, None]
-    weights = _softmax.softmax(scores, where=mask)
+    weights = normalizers.softmax(scores, where=mask)
     out = jnp.einsum("bts,bsd->btd", weights, values.astype(weights.dtype)).astype(values.dtype)
     if single:
         out, weights = out[:, 0], weights[:, 0]
@@ -485,7 +461,7 @@ def attention_pool(
     dtype = _logits_dtype(values.dtype)
     query = jnp.broadcast_to(query.astype(dtype), (b, d))
     scores = jnp.einsum("bsd,bd->bs", values.astype(dtype), query)
-    weights = _softmax.softmax(scores, where=mask)
+    weights = normalizers.softmax(scores, where=mask)
     out = jnp.einsum("bs,bsd->bd", weights, values.astype(dtype)).astype(values.dtype)
     return (out, weights) if return_weights else out
 

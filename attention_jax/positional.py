@@ -266,7 +266,12 @@ def rope_frequencies(
     return jnp.asarray(inv_freq, dtype=jnp.float32)
 
 
-def _rotary_dim(head_dim: int, fraction, fn: str) -> int:
+def rotary_dim(head_dim: int, fraction, fn: str) -> int:
+    """Number of rotated dims ``fraction * head_dim`` (an even int >= 2), validated.
+
+    Used by :func:`apply_rope` and by the modules that check a RoPE config up front; ``fn``
+    names the caller in the error message.
+    """
     if not _is_real(fraction) or not 0 < fraction <= 1:
         raise ValueError(f"{fn}: fraction must be in (0, 1]; got fraction={fraction!r}")
     if fraction == 1:
@@ -347,7 +352,7 @@ def apply_rope(
             f"{fn}: positions must be {expected} matching x {x.shape}; "
             f"got positions shape {positions.shape}"
         )
-    rot = _rotary_dim(head_dim, fraction, fn)
+    rot = rotary_dim(head_dim, fraction, fn)
     rope_frequencies(rot, base=base, scaling=scaling)  # validates base and scaling up front
     return _rope(
         x, positions, rot=rot, base=float(base), interleaved=bool(interleaved), scaling=scaling
@@ -479,8 +484,9 @@ def _relative_positions(offset: jax.Array, *, q_len: int, kv_len: int) -> jax.Ar
     return _relative(q, jnp.arange(kv_len, dtype=jnp.int32))
 
 
-def _check_t5_config(num_buckets, max_distance, bidirectional, fn: str) -> int:
-    """Validates the static bucket config; returns the buckets per direction."""
+def check_t5_config(num_buckets, max_distance, bidirectional, fn: str) -> int:
+    """Validates T5's static bucket config (as :func:`t5_relative_position_bucket` takes it);
+    returns the buckets per direction. ``fn`` names the caller in the error message."""
     if not isinstance(bidirectional, bool):
         raise TypeError(f"{fn}: bidirectional must be a bool; got {bidirectional!r}")
     min_buckets = 4 if bidirectional else 2
@@ -571,7 +577,7 @@ def t5_relative_position_bucket(
       int32 array ``[...]`` with values in ``[0, num_buckets)``.
     """
     fn = "t5_relative_position_bucket"
-    _check_t5_config(num_buckets, max_distance, bidirectional, fn)
+    check_t5_config(num_buckets, max_distance, bidirectional, fn)
     relative_position = _int_positions(relative_position, "relative_position", fn)
     return _t5_buckets(
         relative_position,
@@ -611,7 +617,7 @@ def t5_relative_bias(
         raise ValueError(f"{fn}: table must be [num_buckets, N]; got shape {table.shape}")
     if not jnp.issubdtype(table.dtype, jnp.floating):
         raise TypeError(f"{fn}: table must be floating; got dtype {table.dtype}")
-    _check_t5_config(table.shape[0], max_distance, bidirectional, fn)
+    check_t5_config(table.shape[0], max_distance, bidirectional, fn)
     q = _vector_positions(q_positions, "q_positions", fn)
     k = _vector_positions(k_positions, "k_positions", fn)
     return _t5_bias(table, q, k, bidirectional=bidirectional, max_distance=max_distance)

@@ -6,7 +6,7 @@ from attention_jax.nn.cache import AttentionCache, EncoderDecoderCache, KVCache,
 from attention_jax.nn.checks import validate_tokens
 from attention_jax.nn.config import TransformerConfig
 from attention_jax.nn.embedding import Embedder
-from attention_jax.nn.generate import sample_logits  # generate: attention_jax.generate
+from attention_jax.nn.generate import generate, sample_logits
 from attention_jax.nn.mlp import MLP
 from attention_jax.nn.positional import LearnedPositionalEmbedding, T5RelativeBias
 from attention_jax.nn.transformer import (

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention_jax.attention import _normalizer_fn, dot_product_attention
+from attention_jax.attention import dot_product_attention
+from attention_jax.normalizers import get_normalizer
 from attention_jax.nn.cache import AttentionCache
 from attention_jax.nn.positional import T5RelativeBias
-from attention_jax.positional import RopeScaling, _rotary_dim, alibi_bias, alibi_slopes, apply_rope
+from attention_jax.positional import RopeScaling, rotary_dim, alibi_bias, alibi_slopes, apply_rope
 
 __all__ = ["MultiHeadAttention", "POSITIONAL_IN_ATTENTION"]
 
@@ -152,8 +153,8 @@ class MultiHeadAttention(nnx.Module):
                 f"got {positional!r}."
             )
         if positional == "rope":
-            _rotary_dim(head_dim, rope_fraction, "MultiHeadAttention")
-        _normalizer_fn(normalizer)
+            rotary_dim(head_dim, rope_fraction, "MultiHeadAttention")
+        get_normalizer(normalizer, fn="MultiHeadAttention")
         if softcap is not None and not softcap > 0:
             raise ValueError(f"MultiHeadAttention: softcap must be None or > 0, got {softcap}.")
         if not 0.0 <= dropout_rate < 1.0:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
 
-from attention_jax.attention import NORMALIZERS
-from attention_jax.positional import RopeScaling, _rotary_dim
+from attention_jax.normalizers import NORMALIZERS
+from attention_jax.positional import RopeScaling, rotary_dim
 
 __all__ = ["TransformerConfig", "POSITIONALS", "NORMS", "MLPS", "POOLINGS"]
 
@@ -109,6 +110,15 @@ class TransformerConfig:
     implementation: str | None = None
 
     def __post_init__(self):
+        # One spelling per dtype (jnp.bfloat16, "bfloat16" and dtype("bfloat16") compare and
+        # serialize alike).
+        for name in ("dtype", "param_dtype"):
+            try:
+                object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
+            except TypeError:
+                raise ValueError(
+                    f"TransformerConfig: {name} must be a dtype, got {getattr(self, name)!r}."
+                ) from None
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_len"):
             _positive_int(getattr(self, name), name)
         if self.num_kv_heads is not None:
@@ -137,7 +147,7 @@ class TransformerConfig:
                 f"got {self.d_model}."
             )
         if self.positional == "rope":
-            _rotary_dim(self.head_size, self.rope_fraction, "TransformerConfig")
+            rotary_dim(self.head_size, self.rope_fraction, "TransformerConfig")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
             raise ValueError(
                 f"TransformerConfig: rope_scaling must be a RopeScaling or None, "
@@ -158,6 +168,48 @@ class TransformerConfig:
         for name in ("num_encoder_layers", "num_decoder_layers", "num_classes"):
             if getattr(self, name) is not None:
                 _positive_int(getattr(self, name), name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON-ready value: dtypes by name (``"bfloat16"``) and
+        ``rope_scaling`` as a dict. A callable ``normalizer`` has no JSON form: ValueError."""
+        if callable(self.normalizer):
+            raise ValueError(
+                "TransformerConfig.to_dict: normalizer must be a name to be serialized, got "
+                f"the callable {self.normalizer!r}."
+            )
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["dtype"] = jnp.dtype(self.dtype).name
+        out["param_dtype"] = jnp.dtype(self.param_dtype).name
+        if self.rope_scaling is not None:
+            out["rope_scaling"] = dataclasses.asdict(self.rope_scaling)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise a ValueError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"TransformerConfig.from_dict: unknown fields {unknown}; known: {sorted(known)}."
+            )
+        d = dict(d)
+        for name in ("dtype", "param_dtype"):
+            if name in d:
+                d[name] = jnp.dtype(d[name])
+        if isinstance(d.get("rope_scaling"), dict):
+            d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+        return cls(**d)
+
+    def to_json(self, **kwargs) -> str:
+        """Every field as a JSON string (``kwargs`` go to ``json.dumps``, e.g. ``indent=2``);
+        ``TransformerConfig.from_json(cfg.to_json()) == cfg``."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, s: str) -> TransformerConfig:
+        """The config written by :meth:`to_json`."""
+        return cls.from_dict(json.loads(s))
 
     @property
     def kv_heads(self) -> int:

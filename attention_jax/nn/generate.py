@@ -19,7 +19,7 @@ from jax import lax
 
 from attention_jax.nn.checks import validate_tokens
 from attention_jax.nn.transformer import EncoderDecoder, TransformerLM
-from attention_jax.softmax import softmax
+from attention_jax.normalizers import softmax
 
 __all__ = ["generate", "sample_logits"]
 

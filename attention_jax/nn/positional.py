@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
-from attention_jax.positional import _check_t5_config, t5_relative_bias
+from attention_jax.positional import check_t5_config, t5_relative_bias
 
 __all__ = ["LearnedPositionalEmbedding", "T5RelativeBias"]
 
@@ -100,7 +100,7 @@ class T5RelativeBias(nnx.Module):
         embedding_init: nnx.Initializer = _default_init,
     ):
         _check_positive_int(num_heads, "num_heads", "T5RelativeBias")
-        _check_t5_config(num_buckets, max_distance, bidirectional, "T5RelativeBias")
+        check_t5_config(num_buckets, max_distance, bidirectional, "T5RelativeBias")
         self.num_heads = num_heads
         self.num_buckets = num_buckets
         self.max_distance = max_distance

@@ -1,5 +1,8 @@
 """The softmax family: normalizers that turn attention logits into weights.
 
+``NORMALIZERS`` maps the names accepted by ``dot_product_attention(normalizer=...)`` to
+these functions; :func:`get_normalizer` resolves a name or a callable.
+
 Every function here takes an optional boolean ``where`` (True = the entry takes part) that
 broadcasts against ``x``. Masked entries get weight exactly zero, and a row with no True entry
 gives all zeros (never NaN, never uniform weights), with finite gradients. Inputs of lower
@@ -9,51 +12,41 @@ dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-__all__ = ["softmax", "log_softmax", "softmax_one", "sparsemax", "softcap"]
+from attention_jax._checks import (
+    broadcastable,
+    check_choice,
+    check_positive,
+    compute_dtype,
+    float_array,
+    bool_array,
+)
+
+__all__ = [
+    "NORMALIZERS",
+    "get_normalizer",
+    "log_softmax",
+    "sigmoid",
+    "softcap",
+    "softmax",
+    "softmax_one",
+    "sparsemax",
+]
 
 Axis = int | tuple[int, ...]
 
 
-def _check_float(x: jax.Array, name: str = "x") -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"{name} must be a floating-point array, got dtype {x.dtype} (shape {x.shape})."
-        )
-
-
-def _check_where(where, x: jax.Array) -> jax.Array | None:
-    if where is None:
-        return None
-    where = jnp.asarray(where)
-    if where.dtype != jnp.bool_:
-        raise TypeError(
-            f"where must be a boolean array, got dtype {where.dtype} (shape {where.shape})."
-        )
-    try:
-        if np.broadcast_shapes(where.shape, x.shape) != x.shape:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"where of shape {where.shape} does not broadcast to x of shape {x.shape}."
-        ) from None
-    return where
-
-
-def _compute_dtype(dtype) -> jnp.dtype:
-    """float32 for half-precision inputs, the input dtype otherwise (float32, float64)."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def _prepare(x, where, name="x"):
-    x = jnp.asarray(x)
-    _check_float(x, name)
-    where = _check_where(where, x)
-    return x, where, x.astype(_compute_dtype(x.dtype))
+def _prepare(x, where, fn: str):
+    x = float_array(x, "x", fn=fn)
+    if where is not None:
+        where = bool_array(where, "where", fn=fn)
+        broadcastable(where, "where", x.shape, fn=fn, what="x")
+    return x, where, x.astype(compute_dtype(x.dtype))
 
 
 def _stable_shift(x: jax.Array, axis: Axis, where: jax.Array | None) -> jax.Array:
@@ -93,9 +86,9 @@ def softmax(
       Weights of the shape and dtype of ``x``, summing to 1 over ``axis`` (or 0 for a fully
       masked row).
     """
-    x, where, xc = _prepare(x, where)
-    if not isinstance(temperature, jax.Array) and not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    x, where, xc = _prepare(x, where, "softmax")
+    if not isinstance(temperature, jax.Array):
+        temperature = check_positive(temperature, "temperature", fn="softmax")
     if isinstance(temperature, jax.Array) or temperature != 1.0:
         xc = xc / temperature
     e = jnp.exp(_stable_shift(xc, axis, where))
@@ -121,7 +114,7 @@ def log_softmax(x: jax.Array, axis: Axis = -1, *, where: jax.Array | None = None
     Returns:
       Log-probabilities of the shape and dtype of ``x``.
     """
-    x, where, xc = _prepare(x, where)
+    x, where, xc = _prepare(x, where, "log_softmax")
     shifted = _stable_shift(xc, axis, where)
     total = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
     safe_total = jnp.where(total > 0, total, 1.0)
@@ -150,7 +143,7 @@ def softmax_one(x: jax.Array, axis: Axis = -1, *, where: jax.Array | None = None
     Returns:
       Weights of the shape and dtype of ``x``.
     """
-    x, where, xc = _prepare(x, where)
+    x, where, xc = _prepare(x, where, "softmax_one")
     masked = xc if where is None else jnp.where(where, xc, -jnp.inf)
     # The implicit extra logit is 0, so the max includes 0 and is always finite.
     m = lax.stop_gradient(jnp.maximum(jnp.max(masked, axis=axis, keepdims=True), 0.0))
@@ -209,9 +202,9 @@ def sparsemax(x: jax.Array, axis: int = -1, *, where: jax.Array | None = None) -
     Returns:
       Weights of the shape and dtype of ``x``.
     """
-    x, where, xc = _prepare(x, where)
+    x, where, xc = _prepare(x, where, "sparsemax")
     if not isinstance(axis, int):
-        raise TypeError(f"sparsemax normalizes over one axis, got axis={axis!r}.")
+        raise TypeError(f"sparsemax: axis must be one int (sparsemax normalizes over one axis), got {axis!r}.")
     valid = jnp.ones(x.shape, bool) if where is None else jnp.broadcast_to(where, x.shape)
     zc, valid = jnp.moveaxis(xc, axis, -1), jnp.moveaxis(valid, axis, -1)
     # Sparsemax is shift invariant: subtracting the max allowed logit keeps the cumulative sums
@@ -234,9 +227,43 @@ def softcap(x: jax.Array, cap: float) -> jax.Array:
     Returns:
       The capped logits, shape and dtype of ``x``.
     """
-    x = jnp.asarray(x)
-    _check_float(x)
-    if not isinstance(cap, jax.Array) and not cap > 0:
-        raise ValueError(f"softcap cap must be > 0, got {cap}.")
-    xc = x.astype(_compute_dtype(x.dtype))
+    x = float_array(x, "x", fn="softcap")
+    if not isinstance(cap, jax.Array):
+        cap = check_positive(cap, "cap", fn="softcap")
+    xc = x.astype(compute_dtype(x.dtype))
     return (cap * jnp.tanh(xc / cap)).astype(x.dtype)
+
+
+def sigmoid(x: jax.Array, *, where: jax.Array | None = None) -> jax.Array:
+    r"""Elementwise sigmoid weights, :math:`w_i = \sigma(x_i)` (sigmoid attention, Ramapuram et
+    al. 2024): no normalization across keys; masked entries get weight 0.
+
+    Args:
+      x: logits, any floating shape ``[...]``.
+      where: optional boolean array broadcastable to ``x``.
+
+    Returns:
+      Weights of the shape and dtype of ``x``.
+    """
+    x, where, xc = _prepare(x, where, "sigmoid")
+    w = jax.nn.sigmoid(xc)
+    return (w if where is None else jnp.where(where, w, 0.0)).astype(x.dtype)
+
+
+NORMALIZERS: dict[str, Callable] = {
+    "softmax": softmax,
+    "softmax_one": softmax_one,
+    "sparsemax": sparsemax,
+    "sigmoid": sigmoid,
+}
+
+
+def get_normalizer(normalizer: str | Callable, *, fn: str = "get_normalizer") -> Callable:
+    """The normalizer function for a name in :data:`NORMALIZERS`, or ``normalizer`` itself if
+    it is a callable ``(logits, where) -> weights``.
+
+    Raises:
+      ValueError: an unknown name (the message names ``fn``, the caller).
+    """
+    check_choice(normalizer, "normalizer", sorted(NORMALIZERS), fn=fn, callable_ok=True)
+    return normalizer if callable(normalizer) else NORMALIZERS[normalizer]
