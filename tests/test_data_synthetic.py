@@ -1,4 +1,4 @@
-"""Tests for attention_jax.data: tokenizer, text windows, corpus loading, synthetic tasks.
+"""Tests for attention_jax.data.synthetic: the synthetic tasks and exact_match.
 
 References are plain Python / NumPy re-implementations of each task's rule, applied to the
 generated sequences.
@@ -6,8 +6,6 @@ generated sequences.
 
 import dataclasses
 import functools
-import io
-import urllib.request
 
 import chex
 import jax
@@ -18,234 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attention_jax import data as D
-
-# ----------------------------------------------------------------------------------------
-# CharTokenizer
-# ----------------------------------------------------------------------------------------
-
-
-def test_tokenizer_vocabulary_is_sorted_set():
-    tok = D.CharTokenizer.from_text("hello world\n")
-    assert tok.chars == "\n dehlorw"
-    assert tok.vocab_size == 9
-    ids = tok.encode("hello")
-    assert ids.dtype == np.int32
-    np.testing.assert_array_equal(ids, [4, 3, 5, 5, 6])
-    assert tok.decode(ids) == "hello"
-    assert tok.decode(jnp.asarray(ids)) == "hello"
-    assert tok.decode([]) == ""
-    assert tok.encode("").shape == (0,)
-
-
-@given(st.text(min_size=1, max_size=50))
-def test_tokenizer_roundtrip(text):
-    tok = D.CharTokenizer.from_text(text)
-    assert list(tok.chars) == sorted(set(text))
-    ids = tok.encode(text)
-    chex.assert_shape(ids, (len(text),))
-    assert ids.min() >= 0 and ids.max() < tok.vocab_size
-    # Ids follow the sorted order of the characters.
-    np.testing.assert_array_equal(ids, [sorted(set(text)).index(c) for c in text])
-    assert tok.decode(ids) == text
-
-
-def test_tokenizer_unknown_characters_are_named():
-    tok = D.CharTokenizer.from_text("abc")
-    with pytest.raises(ValueError, match=r"not in the vocabulary.*'x'.*'z'"):
-        tok.encode("abzcx")
-    with pytest.raises(ValueError, match="not in the vocabulary"):
-        tok.encode("\u00e9")  # code point beyond the lookup table
-    with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        tok.decode([0, 3])
-    with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        tok.decode([-1])
-    with pytest.raises(ValueError, match="distinct"):
-        D.CharTokenizer("aba")
-    with pytest.raises(ValueError, match="non-empty"):
-        D.CharTokenizer("")
-
-
-def test_tokenizer_json_and_file_roundtrip(tmp_path):
-    tok = D.CharTokenizer.from_text('a "quoted"\tline\n\u00e9\u4e2d')
-    assert D.CharTokenizer.from_json(tok.to_json()) == tok
-    path = tmp_path / "tokenizer.json"
-    tok.save(path)
-    loaded = D.CharTokenizer.load(path)
-    assert loaded == tok and hash(loaded) == hash(tok)
-    text = "\u4e2d a\n"
-    assert loaded.decode(loaded.encode(text)) == text
-    with pytest.raises(ValueError, match="CharTokenizer"):
-        D.CharTokenizer.from_json('{"type": "other"}')
-
-
-# ----------------------------------------------------------------------------------------
-# train_val_split, random_windows, sequential_windows
-# ----------------------------------------------------------------------------------------
-
-
-def test_train_val_split():
-    data = np.arange(11)
-    train, val = D.train_val_split(data)
-    np.testing.assert_array_equal(train, np.arange(9))  # int(11 * 0.9) = 9
-    np.testing.assert_array_equal(val, [9, 10])
-    assert D.train_val_split("abcd", train_fraction=0.5) == ("ab", "cd")
-    for bad in (0.0, 1.0, 1.5):
-        with pytest.raises(ValueError, match="train_fraction"):
-            D.train_val_split(data, train_fraction=bad)
-
-
-@functools.cache
-def _jitted_windows(batch_size, block_size):
-    traces = []
-
-    def windows(key, data):
-        traces.append(None)
-        return D.random_windows(key, data, batch_size=batch_size, block_size=block_size)
-
-    return jax.jit(windows), traces
-
-
-@given(seed=st.integers(0, 2**31 - 1))
-def test_random_windows_are_contiguous_slices(seed):
-    # One fixed shape (compiling dominates the runtime); the keys vary.
-    n, block_size, batch_size = 10, 4, 256
-    data = jnp.arange(n, dtype=jnp.int32) * 3  # distinct values reveal the slice taken
-    windows, _ = _jitted_windows(batch_size, block_size)
-    x, y = windows(jax.random.key(seed), data)
-    chex.assert_shape([x, y], (batch_size, block_size))
-    assert x.dtype == y.dtype == jnp.int32
-    x, y = np.asarray(x), np.asarray(y)
-    starts = x[:, 0] // 3
-    assert starts.min() >= 0 and starts.max() <= n - block_size - 1
-    ref = np.arange(n) * 3
-    for b, s in enumerate(starts):
-        np.testing.assert_array_equal(x[b], ref[s : s + block_size])
-        np.testing.assert_array_equal(y[b], ref[s + 1 : s + block_size + 1])
-
-
-def test_random_windows_jit_keys_and_range():
-    data = jnp.arange(10, dtype=jnp.int32)
-    windows, traces = _jitted_windows(256, 4)
-    x0, _ = windows(jax.random.key(0), data)
-    x0_again, _ = windows(jax.random.key(0), data)
-    x1, _ = windows(jax.random.key(1), data)
-    windows(jax.random.key(2), data + 1)  # new data, same shape: no retrace
-    assert len(traces) == 1
-    chex.assert_trees_all_equal(x0, x0_again)
-    assert not np.array_equal(x0, x1)
-    # Every start in [0, N - T - 1] = [0, 5] is reachable, and nothing beyond.
-    assert set(np.asarray(x0[:, 0]).tolist()) == set(range(6))
-    with pytest.raises(ValueError, match="block_size=10"):
-        D.random_windows(jax.random.key(0), data, batch_size=2, block_size=10)
-    with pytest.raises(ValueError, match="batch_size"):
-        D.random_windows(jax.random.key(0), data, batch_size=0, block_size=2)
-
-
-@given(n=st.integers(2, 60), block_size=st.integers(1, 12))
-def test_sequential_windows(n, block_size):
-    if n <= block_size:
-        with pytest.raises(ValueError, match="block_size"):
-            D.sequential_windows(np.arange(n), block_size=block_size)
-        return
-    data = np.arange(n) + 100
-    windows = D.sequential_windows(data, block_size=block_size)
-    num = (n - 1) // block_size
-    chex.assert_shape(windows, (num, block_size + 1))
-    ref = np.stack([data[w * block_size : w * block_size + block_size + 1] for w in range(num)])
-    np.testing.assert_array_equal(windows, ref)
-    # Inputs tile the stream without overlap; each target after the first appears once.
-    np.testing.assert_array_equal(windows[:, :-1].ravel(), data[: num * block_size])
-    np.testing.assert_array_equal(windows[:, 1:].ravel(), data[1 : num * block_size + 1])
-
-
-def test_sequential_windows_jax_array():
-    data = jnp.arange(11)
-    out = D.sequential_windows(data, block_size=3)
-    assert isinstance(out, jax.Array)
-    np.testing.assert_array_equal(out, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
-
-
-# ----------------------------------------------------------------------------------------
-# Tiny Shakespeare
-# ----------------------------------------------------------------------------------------
-
-
-def test_tinyshakespeare_local_file(tinyshakespeare_path):
-    text = D.load_tinyshakespeare(path=tinyshakespeare_path)
-    assert len(text) == 1_115_394
-    assert text.startswith("First Citizen:")
-    tok = D.CharTokenizer.from_text(text)
-    assert tok.vocab_size == 65
-    ids = tok.encode(text)
-    assert tok.decode(ids) == text
-    train, val = D.train_val_split(ids)
-    assert (len(train), len(val)) == (1_003_854, 111_540)
-    windows = D.sequential_windows(val, block_size=512)
-    chex.assert_shape(windows, ((111_540 - 1) // 512, 513))
-
-
-def _serve(monkeypatch, payload: bytes, calls: list, fail_after: int | None = None):
-    class Response(io.BytesIO):
-        def read(self, size=-1):
-            if fail_after is not None and self.tell() >= fail_after:
-                raise ConnectionResetError("connection dropped")
-            return super().read(size)
-
-    def urlopen(url, timeout=None):
-        calls.append(url)
-        return Response(payload)
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-
-
-def test_tinyshakespeare_download_then_cache(tinyshakespeare_path, tmp_path, monkeypatch):
-    raw = tinyshakespeare_path.read_bytes()
-    calls = []
-    _serve(monkeypatch, raw, calls)
-    cache = tmp_path / "cache"
-    text = D.load_tinyshakespeare(cache)
-    assert calls == [D.TINYSHAKESPEARE_URL]
-    assert len(text) == D.TINYSHAKESPEARE_SIZE
-    assert [p.name for p in cache.iterdir()] == ["tinyshakespeare.txt"]
-    # The second call reads the cache and does not touch the network.
-    assert D.load_tinyshakespeare(cache) == text
-    assert len(calls) == 1
-
-
-def test_tinyshakespeare_bad_download_leaves_nothing(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    calls = []
-    _serve(monkeypatch, b"<html>rate limited</html>", calls)
-    with pytest.raises(ValueError, match="1,115,394 bytes"):
-        D.load_tinyshakespeare(cache)
-    assert list(cache.iterdir()) == []
-    # Right size, wrong content: the sha256 check catches it.
-    _serve(monkeypatch, b"x" * D.TINYSHAKESPEARE_SIZE, calls)
-    with pytest.raises(ValueError, match="sha256"):
-        D.load_tinyshakespeare(cache)
-    assert list(cache.iterdir()) == []
-    # A connection that drops half-way leaves no partial file either.
-    _serve(monkeypatch, b"x" * D.TINYSHAKESPEARE_SIZE, calls, fail_after=1 << 17)
-    with pytest.raises(ConnectionResetError):
-        D.load_tinyshakespeare(cache)
-    assert list(cache.iterdir()) == []
-    assert len(calls) == 3
-
-
-def test_tinyshakespeare_rejects_wrong_files(tmp_path, monkeypatch):
-    wrong = tmp_path / "wrong.txt"
-    wrong.write_bytes(b"To be, or not to be")
-    with pytest.raises(ValueError, match="wrong.txt.*1,115,394 bytes"):
-        D.load_tinyshakespeare(path=wrong)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "tinyshakespeare.txt").write_bytes(b"y" * D.TINYSHAKESPEARE_SIZE)
-    calls = []
-    _serve(monkeypatch, b"", calls)
-    with pytest.raises(ValueError, match="delete it"):
-        D.load_tinyshakespeare(cache)
-    assert calls == []
-
 
 # ----------------------------------------------------------------------------------------
 # Synthetic tasks: NumPy reference
@@ -422,9 +192,17 @@ def test_exact_match():
     np.testing.assert_array_equal(D.exact_match(predictions, answers), [True, False, False])
     mask = jnp.array([[True, True, True], [True, True, False], [True, True, True]])
     np.testing.assert_array_equal(D.exact_match(predictions, answers, mask), [True, True, False])
-    with pytest.raises(ValueError, match="predictions"):
+    with pytest.raises(
+        ValueError,
+        match=r"exact_match: predictions and answers must both be \[B, A\] of one shape, got "
+        r"int32 array of shape \(3, 2\) and int32 array of shape \(3, 3\)\.",
+    ):
         D.exact_match(predictions[:, :2], answers)
-    with pytest.raises(ValueError, match="mask"):
+    with pytest.raises(
+        ValueError,
+        match=r"exact_match: mask must be of the answers' shape \(3, 3\), got bool array of "
+        r"shape \(3, 2\)\.",
+    ):
         D.exact_match(predictions, answers, mask[:, :2])
 
 
@@ -468,26 +246,59 @@ def test_greedy_exact_match_equals_teacher_forced(config):
 
 def test_synthetic_task_errors():
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match=r"name must be one of .*'copy'.*got 'rev'"):
+    with pytest.raises(
+        ValueError, match=r"SyntheticTask: name must be one of \('copy', .*\), got 'rev'\."
+    ):
         D.SyntheticTask("rev")
-    with pytest.raises(ValueError, match="num_symbols"):
+    with pytest.raises(ValueError, match="SyntheticTask: num_symbols must be an int >= 2, got 1."):
         D.SyntheticTask("copy", num_symbols=1)
-    with pytest.raises(ValueError, match="num_queries applies to mqar"):
+    with pytest.raises(ValueError, match="num_symbols must be an int >= 4, got 3."):
+        D.SyntheticTask("mqar", num_symbols=3)
+    with pytest.raises(
+        ValueError, match=r"num_queries must be None for 'copy' \(it applies to mqar only\), got 2"
+    ):
         D.SyntheticTask("copy", num_queries=2)
+    with pytest.raises(ValueError, match="SyntheticTask: num_queries must be an int >= 1, got 0."):
+        D.SyntheticTask("mqar", num_queries=0)
     task = D.SyntheticTask("copy")
-    with pytest.raises(ValueError, match="min_length"):
+    with pytest.raises(
+        ValueError, match="SyntheticTask.sample: min_length must be an int >= 1, got 0."
+    ):
         task.sample(key, batch_size=2, min_length=0, max_length=3)
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(
+        ValueError, match="SyntheticTask.sample: max_length must be an int >= 1, got 0."
+    ):
         task.sample(key, batch_size=2, max_length=0)
-    with pytest.raises(ValueError, match="max_length must be >= min_length"):
+    with pytest.raises(ValueError, match="max_length must be >= min_length=4, got 3."):
         task.sample(key, batch_size=2, min_length=4, max_length=3)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(
+        ValueError, match="SyntheticTask.sample: batch_size must be an int >= 1, got 0."
+    ):
         task.sample(key, batch_size=0, max_length=3)
-    with pytest.raises(ValueError, match="length must be a Python int >= 1, got 0"):
+    with pytest.raises(
+        ValueError, match="SyntheticTask.sample_eval: length must be an int >= 1, got 0."
+    ):
         task.sample_eval(key, batch_size=2, length=0)
-    with pytest.raises(ValueError, match=r"min_length must be >= 2 for 'induction'"):
+    with pytest.raises(ValueError, match="sample_eval: batch_size must be an int >= 1, got 0."):
+        task.sample_eval(key, batch_size=0, length=2)
+    with pytest.raises(
+        ValueError, match=r"sample: min_length must be >= 2 for 'induction', got 1\."
+    ):
         D.SyntheticTask("induction").sample(key, batch_size=2, min_length=1, max_length=3)
-    with pytest.raises(ValueError, match=r"max_length=9 exceeds the 8 distinct keys"):
+    with pytest.raises(
+        ValueError, match=r"sample_eval: length must be >= 2 for 'induction', got 1\."
+    ):
+        D.SyntheticTask("induction").sample_eval(key, batch_size=2, length=1)
+    with pytest.raises(
+        ValueError, match=r"max_length must be <= 8 for mqar with num_symbols=16 .*, got 9\."
+    ):
         D.SyntheticTask("mqar").sample(key, batch_size=2, max_length=9)
-    with pytest.raises(ValueError, match="num_queries=3 must be <= min_length=2"):
+    with pytest.raises(
+        ValueError,
+        match=r"sample_eval: length must be <= 8 for mqar with num_symbols=16 .*, got 9\.",
+    ):
+        D.SyntheticTask("mqar").sample_eval(key, batch_size=2, length=9)
+    with pytest.raises(
+        ValueError, match=r"min_length must be >= num_queries=3 \(every .*\), got 2\."
+    ):
         D.SyntheticTask("mqar", num_queries=3).sample(key, batch_size=2, min_length=2, max_length=4)
