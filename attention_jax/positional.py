@@ -35,12 +35,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from attention_jax._checks import (
+    check_choice,
+    check_int,
+    describe,
+    float_array,
+    int_array,
+    is_int,
+    is_real,
+)
 
 __all__ = [
     "RopeScaling",
@@ -64,38 +73,31 @@ _YARN_BETA_SLOW = 1.0
 # ----------------------------------------------------------------------------- checks
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _int_positions(positions: ArrayLike, name: str, fn: str) -> jax.Array:
-    positions = jnp.asarray(positions)
-    if not jnp.issubdtype(positions.dtype, jnp.integer):
-        raise TypeError(f"{fn}: {name} must be an integer array; got dtype {positions.dtype}")
-    return positions
-
-
-def _vector_positions(positions: ArrayLike, name: str, fn: str) -> jax.Array:
-    positions = _int_positions(positions, name, fn)
-    if positions.ndim != 1:
-        raise ValueError(f"{fn}: {name} must be 1-D [T]; got shape {positions.shape}")
-    return positions
-
-
 def _check_base(base, fn: str) -> None:
-    if not _is_real(base) or not math.isfinite(base) or base <= 1:
-        raise ValueError(f"{fn}: base must be a finite real number > 1; got base={base!r}")
+    if not is_real(base) or not math.isfinite(base) or base <= 1:
+        raise ValueError(f"{fn}: base must be a finite number > 1, got {base!r}.")
 
 
-def _relative(q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
-    """``[T, S]`` int32 key position minus query position."""
-    q = q_positions.astype(jnp.int32)
-    k = k_positions.astype(jnp.int32)
-    return k[None, :] - q[:, None]
+def _positions_pair(query_positions, key_value_positions, fn: str):
+    """Integer ``[T]`` or ``[B, T]`` query and ``[S]`` or ``[B, S]`` key positions."""
+    q = int_array(query_positions, "query_positions", fn=fn)
+    k = int_array(key_value_positions, "key_value_positions", fn=fn)
+    for name, x in (("query_positions", q), ("key_value_positions", k)):
+        if x.ndim not in (1, 2):
+            raise ValueError(f"{fn}: {name} must be of shape [T] or [B, T], got {describe(x)}.")
+    if q.ndim == k.ndim == 2 and q.shape[0] != k.shape[0]:
+        raise ValueError(
+            f"{fn}: query_positions and key_value_positions must share the batch size, got "
+            f"{q.shape} and {k.shape}."
+        )
+    return q, k
+
+
+def _relative(query_positions: jax.Array, key_value_positions: jax.Array) -> jax.Array:
+    """``[T, S]`` (or ``[B, T, S]`` when either is batched) int32 key minus query position."""
+    q = query_positions.astype(jnp.int32)
+    k = key_value_positions.astype(jnp.int32)
+    return k[..., None, :] - q[..., :, None]
 
 
 # ------------------------------------------------------------------------- sinusoidal
@@ -125,15 +127,13 @@ def sinusoidal_encoding(positions: ArrayLike | int, dim: int, *, base: float = 1
       TypeError: ``positions`` is not integer.
     """
     fn = "sinusoidal_encoding"
-    if not _is_int(dim) or dim < 2 or dim % 2:
-        raise ValueError(f"{fn}: dim must be a positive even int (sin/cos pairs); got dim={dim!r}")
+    if not is_int(dim) or dim < 2 or dim % 2:
+        raise ValueError(f"{fn}: dim must be a positive even int (sin/cos pairs), got {dim!r}.")
     _check_base(base, fn)
-    if _is_int(positions):
-        if positions < 0:
-            raise ValueError(f"{fn}: length must be >= 0; got positions={positions}")
-        positions = jnp.arange(positions, dtype=jnp.int32)
+    if is_int(positions):
+        positions = jnp.arange(check_int(positions, "positions", fn=fn, minimum=0), dtype=jnp.int32)
     else:
-        positions = _int_positions(positions, "positions", fn)
+        positions = int_array(positions, "positions", fn=fn)
     return _sinusoidal(positions, dim=dim, base=float(base))
 
 
@@ -190,20 +190,18 @@ class RopeScaling:
     original_max_len: int | None = None
 
     def __post_init__(self):
-        if self.kind not in _ROPE_SCALING_KINDS:
+        check_choice(self.kind, "kind", _ROPE_SCALING_KINDS, fn="RopeScaling")
+        if not is_real(self.factor) or not math.isfinite(self.factor) or self.factor < 1:
             raise ValueError(
-                f"RopeScaling: unknown kind {self.kind!r}; expected one of {_ROPE_SCALING_KINDS}"
+                f"RopeScaling: factor must be a finite number >= 1, got {self.factor!r}."
             )
-        if not _is_real(self.factor) or not math.isfinite(self.factor) or self.factor < 1:
-            raise ValueError(f"RopeScaling: factor must be a real number >= 1; got {self.factor!r}")
         if self.original_max_len is None:
             if self.kind == "yarn":
-                raise ValueError("RopeScaling: kind='yarn' needs original_max_len (a positive int)")
-        elif not _is_int(self.original_max_len) or self.original_max_len < 1:
-            raise ValueError(
-                "RopeScaling: original_max_len must be a positive int; "
-                f"got {self.original_max_len!r}"
-            )
+                raise ValueError(
+                    "RopeScaling: original_max_len must be an int >= 1 for kind='yarn', got None."
+                )
+        else:
+            check_int(self.original_max_len, "original_max_len", fn="RopeScaling")
 
     @property
     def attention_factor(self) -> float:
@@ -248,15 +246,15 @@ def rope_frequencies(
       float32 array ``[rot_dim // 2]``; pair ``i`` rotates by ``position * theta_i``.
     """
     fn = "rope_frequencies"
-    if not _is_int(rot_dim) or rot_dim < 2 or rot_dim % 2:
-        raise ValueError(f"{fn}: rot_dim must be a positive even int; got {rot_dim!r}")
+    if not is_int(rot_dim) or rot_dim < 2 or rot_dim % 2:
+        raise ValueError(f"{fn}: rot_dim must be a positive even int, got {rot_dim!r}.")
     _check_base(base, fn)
     if scaling is not None and not isinstance(scaling, RopeScaling):
-        raise TypeError(f"{fn}: scaling must be a RopeScaling or None; got {type(scaling)}")
+        raise TypeError(f"{fn}: scaling must be a RopeScaling or None, got {scaling!r}.")
     kind = None if scaling is None else scaling.kind
     if kind == "ntk" and scaling.factor != 1:
         if rot_dim < 4:
-            raise ValueError(f"{fn}: ntk scaling needs at least 4 rotated dims; got {rot_dim}")
+            raise ValueError(f"{fn}: rot_dim must be >= 4 for ntk scaling, got {rot_dim}.")
         base = base * scaling.factor ** (rot_dim / (rot_dim - 2))
     inv_freq = base ** (-np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim)
     if kind == "linear":
@@ -272,12 +270,12 @@ def rotary_dim(head_dim: int, fraction, fn: str) -> int:
     Used by :func:`apply_rope` and by the modules that check a RoPE config up front; ``fn``
     names the caller in the error message.
     """
-    if not _is_real(fraction) or not 0 < fraction <= 1:
-        raise ValueError(f"{fn}: fraction must be in (0, 1]; got fraction={fraction!r}")
+    if not is_real(fraction) or not 0 < fraction <= 1:
+        raise ValueError(f"{fn}: fraction must be a number in (0, 1], got {fraction!r}.")
     if fraction == 1:
         if head_dim % 2:
             raise ValueError(
-                f"{fn}: head dim H must be even to rotate pairs of dims; got H={head_dim}"
+                f"{fn}: head dim H must be even to rotate pairs of dims, got H={head_dim}."
             )
         return head_dim
     rot = fraction * head_dim
@@ -285,7 +283,7 @@ def rotary_dim(head_dim: int, fraction, fn: str) -> int:
     if abs(rot - rot_int) > 1e-9 or rot_int < 2 or rot_int % 2:
         raise ValueError(
             f"{fn}: fraction * H must be a positive even integer (rotated dims come in "
-            f"pairs); got fraction={fraction}, H={head_dim} -> {rot:g} rotated dims"
+            f"pairs), got fraction={fraction}, H={head_dim} -> {rot:g} rotated dims."
         )
     return rot_int
 
@@ -339,18 +337,16 @@ def apply_rope(
         giving an odd or zero number of rotated dims.
     """
     fn = "apply_rope"
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{fn}: x must be a floating array; got dtype {x.dtype}")
+    x = float_array(x, "x", fn=fn)
     if x.ndim not in (3, 4):
-        raise ValueError(f"{fn}: x must be [B, T, N, H] or [T, N, H]; got shape {x.shape}")
-    positions = _int_positions(positions, "positions", fn)
+        raise ValueError(f"{fn}: x must be of shape [B, T, N, H] or [T, N, H], got {describe(x)}.")
+    positions = int_array(positions, "positions", fn=fn)
     seq_len, head_dim = x.shape[-3], x.shape[-1]
     if positions.shape not in ((seq_len,), x.shape[:-2]):
         expected = "[B, T] or [T]" if x.ndim == 4 else "[T]"
         raise ValueError(
-            f"{fn}: positions must be {expected} matching x {x.shape}; "
-            f"got positions shape {positions.shape}"
+            f"{fn}: positions must be of shape {expected} matching x {x.shape}, "
+            f"got {describe(positions)}."
         )
     rot = rotary_dim(head_dim, fraction, fn)
     rope_frequencies(rot, base=base, scaling=scaling)  # validates base and scaling up front
@@ -406,8 +402,7 @@ def alibi_slopes(num_heads: int) -> jax.Array:
     Returns:
       float32 array ``[N]``.
     """
-    if not _is_int(num_heads) or num_heads < 1:
-        raise ValueError(f"alibi_slopes: num_heads must be an int >= 1; got {num_heads!r}")
+    check_int(num_heads, "num_heads", fn="alibi_slopes")
 
     def power_of_two(n: int) -> list[float]:
         return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
@@ -419,34 +414,35 @@ def alibi_slopes(num_heads: int) -> jax.Array:
     return jnp.asarray(np.asarray(slopes), dtype=jnp.float32)
 
 
-def alibi_bias(slopes: ArrayLike, q_positions: ArrayLike, k_positions: ArrayLike) -> jax.Array:
+def alibi_bias(
+    slopes: ArrayLike, query_positions: ArrayLike, key_value_positions: ArrayLike
+) -> jax.Array:
     r"""ALiBi attention bias :math:`b[h, i, j] = -m_h \, |p_i - p_j|`.
 
     Added to the logits together with a causal mask this is the paper's linear bias;
     without one it is its symmetric (bidirectional) variant. It is also a ``bias_fn``:
-    ``functools.partial(alibi_bias, slopes)`` maps ``(q_positions, k_positions)`` of any
-    block to that block's bias.
+    ``functools.partial(alibi_bias, slopes)`` maps the ``(query_positions,
+    key_value_positions)`` of any block to that block's bias.
 
     Args:
       slopes: ``[N]`` per-head slopes, e.g. :func:`alibi_slopes`.
-      q_positions: integer ``[T]`` query positions (may be traced).
-      k_positions: integer ``[S]`` key positions (may be traced).
+      query_positions: integer ``[T]``, or ``[B, T]`` per example (may be traced).
+      key_value_positions: integer ``[S]`` or ``[B, S]`` (may be traced).
 
     Returns:
-      float32 array ``[N, T, S]``.
+      float32 ``[N, T, S]``, or ``[B, N, T, S]`` when either positions array is batched.
     """
     fn = "alibi_bias"
-    slopes = jnp.asarray(slopes)
+    slopes = float_array(slopes, "slopes", fn=fn)
     if slopes.ndim != 1:
-        raise ValueError(f"{fn}: slopes must be 1-D [N]; got shape {slopes.shape}")
-    q = _vector_positions(q_positions, "q_positions", fn)
-    k = _vector_positions(k_positions, "k_positions", fn)
+        raise ValueError(f"{fn}: slopes must be of shape [N], got {describe(slopes)}.")
+    q, k = _positions_pair(query_positions, key_value_positions, fn)
     return _alibi(slopes, q, k)
 
 
 @jax.jit
 def _alibi(slopes: jax.Array, q: jax.Array, k: jax.Array) -> jax.Array:
-    distance = jnp.abs(_relative(q, k)).astype(jnp.float32)
+    distance = jnp.abs(_relative(q, k)).astype(jnp.float32)[..., None, :, :]
     return -slopes.astype(jnp.float32)[:, None, None] * distance
 
 
@@ -469,12 +465,9 @@ def relative_positions(q_len: int, kv_len: int, *, offset: ArrayLike = 0) -> jax
       int32 array ``[T, S]``.
     """
     fn = "relative_positions"
-    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
-        if not _is_int(value) or value < 0:
-            raise ValueError(f"{fn}: {name} must be an int >= 0; got {name}={value!r}")
-    offset = _int_positions(offset, "offset", fn)
-    if offset.ndim != 0:
-        raise ValueError(f"{fn}: offset must be a scalar; got shape {offset.shape}")
+    check_int(q_len, "q_len", fn=fn, minimum=0)
+    check_int(kv_len, "kv_len", fn=fn, minimum=0)
+    offset = int_array(offset, "offset", fn=fn, shape=())
     return _relative_positions(offset, q_len=q_len, kv_len=kv_len)
 
 
@@ -488,20 +481,15 @@ def check_t5_config(num_buckets, max_distance, bidirectional, fn: str) -> int:
     """Validates T5's static bucket config (as :func:`t5_relative_position_bucket` takes it);
     returns the buckets per direction. ``fn`` names the caller in the error message."""
     if not isinstance(bidirectional, bool):
-        raise TypeError(f"{fn}: bidirectional must be a bool; got {bidirectional!r}")
-    min_buckets = 4 if bidirectional else 2
-    if not _is_int(num_buckets) or num_buckets < min_buckets:
-        raise ValueError(
-            f"{fn}: num_buckets must be an int >= {min_buckets} "
-            f"(bidirectional={bidirectional}); got num_buckets={num_buckets!r}"
-        )
+        raise TypeError(f"{fn}: bidirectional must be a bool, got {bidirectional!r}.")
+    check_int(num_buckets, "num_buckets", fn=fn, minimum=4 if bidirectional else 2)
     per_direction = num_buckets // 2 if bidirectional else num_buckets
     max_exact = per_direction // 2
-    if not _is_int(max_distance) or max_distance <= max_exact:
+    if not is_int(max_distance) or max_distance <= max_exact:
         raise ValueError(
             f"{fn}: max_distance must be an int > {max_exact} (the exactly bucketed "
-            f"distances for num_buckets={num_buckets}, bidirectional={bidirectional}); "
-            f"got max_distance={max_distance!r}"
+            f"distances for num_buckets={num_buckets}, bidirectional={bidirectional}), "
+            f"got {max_distance!r}."
         )
     return per_direction
 
@@ -578,7 +566,7 @@ def t5_relative_position_bucket(
     """
     fn = "t5_relative_position_bucket"
     check_t5_config(num_buckets, max_distance, bidirectional, fn)
-    relative_position = _int_positions(relative_position, "relative_position", fn)
+    relative_position = int_array(relative_position, "relative_position", fn=fn)
     return _t5_buckets(
         relative_position,
         bidirectional=bidirectional,
@@ -589,8 +577,8 @@ def t5_relative_position_bucket(
 
 def t5_relative_bias(
     table: ArrayLike,
-    q_positions: ArrayLike,
-    k_positions: ArrayLike,
+    query_positions: ArrayLike,
+    key_value_positions: ArrayLike,
     *,
     bidirectional: bool = True,
     max_distance: int = 128,
@@ -603,23 +591,21 @@ def t5_relative_bias(
 
     Args:
       table: floating ``[num_buckets, N]``.
-      q_positions: integer ``[T]`` (may be traced).
-      k_positions: integer ``[S]`` (may be traced).
+      query_positions: integer ``[T]`` or ``[B, T]`` (may be traced).
+      key_value_positions: integer ``[S]`` or ``[B, S]`` (may be traced).
       bidirectional: keyword-only, static; see :func:`t5_relative_position_bucket`.
       max_distance: keyword-only, static.
 
     Returns:
-      array ``[N, T, S]`` in ``table``'s dtype.
+      ``[N, T, S]`` (``[B, N, T, S]`` when either positions array is batched) in ``table``'s
+      dtype.
     """
     fn = "t5_relative_bias"
-    table = jnp.asarray(table)
+    table = float_array(table, "table", fn=fn)
     if table.ndim != 2:
-        raise ValueError(f"{fn}: table must be [num_buckets, N]; got shape {table.shape}")
-    if not jnp.issubdtype(table.dtype, jnp.floating):
-        raise TypeError(f"{fn}: table must be floating; got dtype {table.dtype}")
+        raise ValueError(f"{fn}: table must be of shape [num_buckets, N], got {describe(table)}.")
     check_t5_config(table.shape[0], max_distance, bidirectional, fn)
-    q = _vector_positions(q_positions, "q_positions", fn)
-    k = _vector_positions(k_positions, "k_positions", fn)
+    q, k = _positions_pair(query_positions, key_value_positions, fn)
     return _t5_bias(table, q, k, bidirectional=bidirectional, max_distance=max_distance)
 
 
@@ -631,4 +617,4 @@ def _t5_bias(table, q, k, *, bidirectional: bool, max_distance: int) -> jax.Arra
         num_buckets=table.shape[0],
         max_distance=max_distance,
     )
-    return jnp.moveaxis(jnp.take(table, buckets, axis=0), -1, 0)
+    return jnp.moveaxis(jnp.take(table, buckets, axis=0), -1, -3)

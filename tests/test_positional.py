@@ -454,6 +454,23 @@ class AlibiTest(chex.TestCase):
             chex.assert_trees_all_close(bias_fn(positions[qs], positions[ks]), full[:, qs, ks])
 
     @variants
+    def test_batched_positions_match_reference(self):
+        rng = np.random.default_rng(3)
+        slopes = aj.alibi_slopes(3)
+        q = rng.integers(0, 20, size=(2, 4)).astype(np.int32)
+        k = rng.integers(0, 20, size=(2, 6)).astype(np.int32)
+        shared_k = np.arange(6, dtype=np.int32)
+        fn = self.variant(aj.alibi_bias)
+        s64 = np.asarray(slopes, np.float64)
+        out = fn(slopes, q, k)
+        chex.assert_shape(out, (2, 3, 4, 6))
+        expected = np.stack([ref_alibi_bias(s64, q[b], k[b]) for b in range(2)])
+        chex.assert_trees_all_close(out, expected, atol=ATOL, rtol=RTOL)
+        out = fn(slopes, q, shared_k)  # [B, T] queries against keys shared by the batch
+        expected = np.stack([ref_alibi_bias(s64, q[b], shared_k) for b in range(2)])
+        chex.assert_trees_all_close(out, expected, atol=ATOL, rtol=RTOL)
+
+    @variants
     def test_grad_wrt_slopes(self):
         q, k = np.arange(3) + 2, np.arange(5)
         g = np.random.default_rng(7).normal(size=(2, 3, 5))
@@ -569,6 +586,22 @@ class T5Test(chex.TestCase):
             chex.assert_trees_all_close(bias_fn(positions[qs], positions[ks]), full[:, qs, ks])
 
     @variants
+    def test_batched_positions_match_reference(self):
+        rng = np.random.default_rng(4)
+        table = rng.normal(size=(16, 2)).astype(np.float32)
+        q = rng.integers(0, 100, size=(3, 5)).astype(np.int32)
+        k = rng.integers(0, 100, size=(3, 7)).astype(np.int32)
+        fn = functools.partial(aj.t5_relative_bias, bidirectional=True, max_distance=64)
+        for kk in (k, k[0]):  # per-example keys, and keys shared by the batch
+            out = self.variant(fn)(table, q, kk)
+            chex.assert_shape(out, (3, 2, 5, 7))
+            kb = np.broadcast_to(kk, (3, 7))
+            expected = np.zeros((3, 2, 5, 7))
+            for b, h, i, j in np.ndindex(*expected.shape):
+                expected[b, h, i, j] = table[ref_t5_bucket(kb[b, j] - q[b, i], True, 16, 64), h]
+            chex.assert_trees_all_close(out, expected, atol=0)
+
+    @variants
     def test_grad_wrt_table_accumulates_per_bucket(self):
         table = jnp.zeros((8, 2))
         q, k = np.arange(4), np.arange(6)
@@ -598,15 +631,23 @@ class BadInputTest(chex.TestCase):
             aj.apply_rope(jnp.zeros((2, 3, 6)), jnp.arange(2), fraction=0.5)
 
     def test_rope_fraction_out_of_range(self):
-        with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        with pytest.raises(
+            ValueError, match=r"apply_rope: fraction must be a number in \(0, 1\], got 1\.5\."
+        ):
             aj.apply_rope(jnp.zeros((2, 3, 6)), jnp.arange(2), fraction=1.5)
 
     def test_rope_mismatched_positions(self):
-        with pytest.raises(ValueError, match=r"positions must be \[B, T\] or \[T\].*\(2, 6\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"apply_rope: positions must be of shape \[B, T\] or \[T\].*got int32 array of shape \(2, 6\)",
+        ):
             aj.apply_rope(jnp.zeros((2, 5, 3, 8)), jnp.zeros((2, 6), jnp.int32))
 
     def test_rope_integer_x(self):
-        with pytest.raises(TypeError, match="x must be a floating array"):
+        with pytest.raises(
+            TypeError,
+            match=r"apply_rope: x must be a floating-point array, got int32 array of shape \(2, 3, 4\)",
+        ):
             aj.apply_rope(jnp.zeros((2, 3, 4), jnp.int32), jnp.arange(2))
 
     def test_rope_float_positions(self):
@@ -614,19 +655,30 @@ class BadInputTest(chex.TestCase):
             aj.apply_rope(jnp.zeros((2, 3, 4)), jnp.arange(2.0))
 
     def test_rope_rank(self):
-        with pytest.raises(ValueError, match=r"x must be \[B, T, N, H\] or \[T, N, H\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"apply_rope: x must be of shape \[B, T, N, H\] or \[T, N, H\], got float32 array of shape \(2, 4\)",
+        ):
             aj.apply_rope(jnp.zeros((2, 4)), jnp.arange(2))
 
     def test_unknown_scaling_kind(self):
-        with pytest.raises(ValueError, match="unknown kind 'dynamic'"):
+        with pytest.raises(
+            ValueError,
+            match=r"RopeScaling: kind must be one of \('linear', 'ntk', 'yarn'\), got 'dynamic'\.",
+        ):
             aj.RopeScaling("dynamic", 2.0)
 
     def test_scaling_factor_below_one(self):
-        with pytest.raises(ValueError, match="factor must be a real number >= 1"):
+        with pytest.raises(
+            ValueError, match=r"RopeScaling: factor must be a finite number >= 1, got 0\.5\."
+        ):
             aj.RopeScaling("linear", 0.5)
 
     def test_yarn_needs_original_max_len(self):
-        with pytest.raises(ValueError, match="needs original_max_len"):
+        with pytest.raises(
+            ValueError,
+            match=r"RopeScaling: original_max_len must be an int >= 1 for kind='yarn', got None\.",
+        ):
             aj.RopeScaling("yarn", 2.0)
 
     def test_scaling_wrong_type(self):
@@ -638,16 +690,35 @@ class BadInputTest(chex.TestCase):
             aj.sinusoidal_encoding(4, 7)
 
     def test_alibi_num_heads_below_one(self):
-        with pytest.raises(ValueError, match="num_heads must be an int >= 1; got 0"):
+        with pytest.raises(
+            ValueError, match=r"alibi_slopes: num_heads must be an int >= 1, got 0\."
+        ):
             aj.alibi_slopes(0)
 
-    def test_alibi_positions_not_vector(self):
-        with pytest.raises(ValueError, match=r"q_positions must be 1-D \[T\]; got shape \(2, 3\)"):
-            aj.alibi_bias(aj.alibi_slopes(2), jnp.zeros((2, 3), jnp.int32), jnp.arange(3))
+    def test_alibi_positions_rank(self):
+        with pytest.raises(
+            ValueError,
+            match=r"alibi_bias: query_positions must be of shape \[T\] or \[B, T\], got int32 "
+            r"array of shape \(2, 3, 1\)",
+        ):
+            aj.alibi_bias(aj.alibi_slopes(2), jnp.zeros((2, 3, 1), jnp.int32), jnp.arange(3))
+
+    def test_positions_batch_mismatch(self):
+        for fn, first in (
+            (aj.alibi_bias, aj.alibi_slopes(2)),
+            (aj.t5_relative_bias, jnp.zeros((32, 2))),
+        ):
+            with pytest.raises(
+                ValueError,
+                match=rf"{fn.__name__}: query_positions and key_value_positions must share the "
+                r"batch size, got \(2, 3\) and \(3, 4\)",
+            ):
+                fn(first, jnp.zeros((2, 3), jnp.int32), jnp.zeros((3, 4), jnp.int32))
 
     def test_t5_negative_max_distance(self):
         with pytest.raises(
-            ValueError, match="max_distance must be an int > 8.*got max_distance=-1"
+            ValueError,
+            match=r"t5_relative_position_bucket: max_distance must be an int > 8.*got -1\.",
         ):
             aj.t5_relative_position_bucket(jnp.arange(3), max_distance=-1)
 
@@ -656,5 +727,8 @@ class BadInputTest(chex.TestCase):
             aj.t5_relative_position_bucket(jnp.arange(3), bidirectional=False, num_buckets=1)
 
     def test_t5_table_rank(self):
-        with pytest.raises(ValueError, match=r"table must be \[num_buckets, N\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"t5_relative_bias: table must be of shape \[num_buckets, N\], got float32 array of shape \(32,\)",
+        ):
             aj.t5_relative_bias(jnp.zeros(32), jnp.arange(2), jnp.arange(2))
