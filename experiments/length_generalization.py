@@ -29,15 +29,14 @@ Writes into ``--out``: ``results.json`` (every run and length, rewritten after e
 (``metrics.jsonl``, ``loss.png``).
 """
 
-import argparse
 import functools
 import json
 import pathlib
-import platform
 import statistics
 import sys
 import time
 
+import common  # experiments/common.py, beside this script
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +45,7 @@ from jax import lax
 
 from attention_jax import train as T
 from attention_jax.data import SyntheticTask, exact_match
-from attention_jax.nn import TransformerConfig, TransformerLM
+from attention_jax.nn import TransformerLM
 
 DEFAULT_ARMS = ("none", "sinusoidal", "learned", "rope", "rope_{f}", "alibi", "t5")
 # Tasks whose answer is produced token by token by the model (mqar and induction interleave
@@ -72,10 +71,8 @@ PUBLISHED_NAMES = {
 }
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def make_parser():
+    p = common.make_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="smoke preset: " + str(QUICK))
     p.add_argument("--task", default="copy", choices=DECODABLE_TASKS)
     p.add_argument(
@@ -95,48 +92,75 @@ def parse_args(argv=None):
     p.add_argument("--train-length", type=int, default=16, help="L: train on U(1, L)")
     p.add_argument("--test-length", type=int, default=None, help="test 1..this (default 2L)")
     p.add_argument("--symbols", type=int, default=16, help="content symbols")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--mlp-ratio", type=float, default=4.0)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--eval-size", type=int, default=256, help="test examples per length")
-    p.add_argument("--eval-seed", type=int, default=1234, help="key of the test examples")
-    p.add_argument("--out", default="out/lengthgen")
-    p.add_argument("--resume", action="store_true", help="skip runs already in results.json")
-    p.add_argument("--no-progress", action="store_true")
+    common.add_model_flags(p, layers=2, d_model=64, heads=4, positional=None, norm=False)
+    common.add_optimizer_flags(p, steps=2000, batch=64, lr=3e-3, warmup=100, weight_decay=0.01)
+    g = common.add_run_flags(p, out="out/lengthgen")
+    g.add_argument("--eval-size", type=int, default=256, help="test examples per length")
+    g.add_argument("--eval-seed", type=int, default=1234, help="key of the test examples")
+    g.add_argument("--resume", action="store_true", help="skip runs already in results.json")
+    return p
+
+
+def parse_args(argv=None, p=None):
+    """The checked flags; a bad one ends in ``p.error`` (exit status 2) before anything
+    is trained."""
+    p = p or make_parser()
     args = p.parse_args(argv)
     if args.quick:
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
+    common.check_flags(p, args)
+    common.check_int(p, args, "train_length", 1)
+    common.check_int(p, args, "symbols", 2)
+    if not 0 < args.rope_fraction <= 1:
+        p.error(f"--rope-fraction must be a number in (0, 1], got {args.rope_fraction}")
     if args.test_length is None:
         args.test_length = 2 * args.train_length
+    if args.test_length < args.train_length:
+        p.error(
+            f"--test-length must be >= --train-length {args.train_length}, got {args.test_length}"
+        )
     if args.arms is None:
         args.arms = ",".join(DEFAULT_ARMS).replace("{f}", f"{args.rope_fraction:g}")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    for arm in args.arms:
-        arm_positional(arm)  # fail on a bad name before training anything
-    if args.test_length < args.train_length:
-        p.error("--test-length must be >= --train-length")
+    if not args.arms:
+        p.error("--arms must name at least one arm")
+    task = SyntheticTask(args.task, num_symbols=args.symbols)
+    for arm in args.arms:  # a bad name or model fails before training anything
+        try:
+            arm_config(args, task, *arm_positional(arm))
+        except ValueError as e:
+            p.error(f"--arms {arm}: {e}")
     return args
 
 
+def arm_config(args, task, positional: str, fraction: float):
+    """The model of one arm: ``max_len = seq_len(test length)``, so it reads every test."""
+    return common.model_config(
+        args,
+        vocab_size=task.vocab_size,
+        max_len=task.seq_len(args.test_length),
+        positional=positional,
+        rope_fraction=fraction,
+    )
+
+
 def arm_positional(arm: str) -> tuple[str, float]:
-    """``(positional, rope_fraction)`` of an arm name such as ``"alibi"`` or ``"rope_0.25"``."""
+    """``(positional, rope_fraction)`` of an arm name such as ``"alibi"`` or ``"rope_0.25"``.
+
+    Raises:
+      ValueError: an unknown arm, or a rope fraction outside ``(0, 1]``.
+    """
     if arm.startswith("rope_"):
         try:
             fraction = float(arm[len("rope_") :])
         except ValueError:
             fraction = None
         if fraction is None or not 0 < fraction <= 1:
-            raise SystemExit(f"bad arm {arm!r}: rope_<f> needs a fraction f in (0, 1]")
+            raise ValueError(f"bad arm {arm!r}: rope_<f> needs a fraction f in (0, 1]")
         return "rope", fraction
     if arm not in ("none", "sinusoidal", "learned", "rope", "alibi", "t5"):
-        raise SystemExit(
+        raise ValueError(
             f"unknown arm {arm!r}: none, sinusoidal, learned, rope, rope_<f>, alibi or t5"
         )
     return arm, 1.0
@@ -189,29 +213,15 @@ def run_one(args, task: SyntheticTask, test_sets: dict, arm: str, seed: int, out
     """Trains one model and evaluates it at every test length; returns its results record."""
     t0 = time.perf_counter()
     positional, fraction = arm_positional(arm)
-    config = TransformerConfig(
-        vocab_size=task.vocab_size,
-        d_model=args.d_model,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        mlp_ratio=args.mlp_ratio,
-        max_len=task.seq_len(args.test_length),
-        positional=positional,
-        rope_fraction=fraction,
-    )
+    config = arm_config(args, task, positional, fraction)
     # The data stream depends on the seed only: every arm of a seed sees the same batches.
     k_init, k_data = jax.random.split(jax.random.key(seed))
     model = TransformerLM(config, rngs=nnx.Rngs(k_init))
     num_params = T.count_params(model)
-    schedule_kw = dict(warmup_steps=args.warmup, decay_steps=args.steps, end_lr=args.lr / 10)
-    tx = T.make_optimizer(args.lr, **schedule_kw, weight_decay=args.weight_decay)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    def batch_fn(step, data):
-        del data
-        return task.sample(
-            jax.random.fold_in(k_data, step), batch_size=args.batch, max_length=args.train_length
-        )
+    optimizer, schedule = common.make_optimizer(model, args, end_lr=args.lr / 10)
+    batch_fn = common.task_batches(
+        task, k_data, batch_size=args.batch, max_length=args.train_length
+    )
 
     run_dir = out / "runs" / f"{arm}_seed{seed}"
     result = T.train(
@@ -221,7 +231,7 @@ def run_one(args, task: SyntheticTask, test_sets: dict, arm: str, seed: int, out
         steps=args.steps,
         log_interval=50,
         log_dir=str(run_dir),
-        lr_schedule=T.make_schedule(args.lr, **schedule_kw),
+        lr_schedule=schedule,
         progress=not args.no_progress,
         desc=f"{arm} seed {seed}",
     )
@@ -321,11 +331,7 @@ def markdown_table(summary: dict, task: str, train_length: int, test_length: int
 
 
 def plot(summary: dict, path: pathlib.Path, *, task: str, train_length: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for arm, s in summary.items():
         ns = sorted(int(n) for n in s["per_length_mean"])
@@ -342,16 +348,13 @@ def plot(summary: dict, path: pathlib.Path, *, task: str, train_length: int) -> 
     ax.set_title(f"{task}: accuracy vs length, mean +/- std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="arm (seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = common.output_dir(args.out)
     task = SyntheticTask(args.task, num_symbols=args.symbols)
     results_path = out / "results.json"
 
@@ -385,12 +388,7 @@ def main(argv=None):
                 "experiment": "length_generalization",
                 "settings": settings,
                 "published_ood_accuracy": PUBLISHED,
-                "environment": {
-                    "jax": jax.__version__,
-                    "devices": [str(d) for d in jax.devices()],
-                    "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(),
-                },
+                "environment": common.environment(),
                 "wall_seconds": time.perf_counter() - t_start,
                 "runs": runs,
                 "summary": summary,

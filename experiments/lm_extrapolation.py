@@ -5,7 +5,7 @@ Length Extrapolation" (ALiBi, ICLR 2022). For each positional encoding (arm) the
 character-level LM of ``experiments/char_lm.py`` is trained with that script's defaults
 (nanoGPT's CPU configuration: 4 layers, 4 heads, d_model 128, block 64, batch 12, 2000
 iterations, lr 1e-3 -> 1e-4 cosine with 100 warmup steps, AdamW beta2 0.99, weight decay
-0.1) by calling its ``main`` with ``--positional <arm>``. The trained parameters are then
+0.1) and its recipe (``common.train_char_lm``) with ``--positional <arm>``. The trained parameters are then
 loaded into a model whose ``max_len`` is the longest evaluation length and the validation
 loss is measured on non-overlapping windows (``sequential_windows``) of 64, 128, 256 and
 512 characters, without retraining. Every length predicts the same validation characters
@@ -26,26 +26,18 @@ beside the published perplexities), ``val_loss_vs_length.png``, and per arm the 
 """
 
 import argparse
-import json
+import dataclasses
 import math
 import pathlib
 import sys
 import time
 
-import char_lm  # experiments/char_lm.py, beside this script
-import jax
-import jax.numpy as jnp
-import numpy as np
+import common  # experiments/common.py, beside this script
 from flax import nnx
 
 from attention_jax import train as T
-from attention_jax.data import (
-    CharTokenizer,
-    load_tinyshakespeare,
-    sequential_windows,
-    train_val_split,
-)
-from attention_jax.nn import TransformerConfig, TransformerLM
+from attention_jax.data import CharTokenizer, train_val_split
+from attention_jax.nn import TransformerLM
 
 DEFAULT_ARMS = ("sinusoidal", "learned", "rope", "alibi", "t5", "none")
 ARMS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
@@ -68,10 +60,8 @@ PUBLISHED = {
 }
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def make_parser():
+    p = common.make_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="smoke preset: " + str(QUICK))
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="comma-separated encodings")
     p.add_argument(
@@ -83,12 +73,18 @@ def parse_args(argv=None):
     p.add_argument(
         "--eval-batch-tokens", type=int, default=4096, help="characters per evaluation batch"
     )
-    p.add_argument("--data", default="tinyshakespeare", help="as char_lm.py")
-    p.add_argument("--cache-dir", default=None, help="as char_lm.py")
+    common.add_data_flags(p)
     p.add_argument("--steps", type=int, default=None, help="training steps (char_lm default)")
     p.add_argument("--out", default="out/lm_extrap")
     p.add_argument("--resume", action="store_true", help="continue/skip trained arms")
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_args(argv=None, p=None):
+    """The checked flags, with ``args.lm`` the char_lm settings every arm trains with; a
+    bad flag ends in ``p.error`` (exit status 2) before any data is read."""
+    p = p or make_parser()
     args, rest = p.parse_known_args(argv)
     if args.quick:
         p.set_defaults(**QUICK)
@@ -102,35 +98,27 @@ def parse_args(argv=None):
     except ValueError:
         p.error(f"--eval-lengths must be integers, got {args.eval_lengths!r}")
     if not args.eval_lengths or args.eval_lengths[0] < 1:
-        p.error("--eval-lengths must be positive integers")
-    # Everything else configures the char_lm.py runs (its parser rejects unknown flags).
+        p.error(f"--eval-lengths must be positive integers, got {args.eval_lengths}")
+    for name in ("eval_tokens", "eval_batch_tokens", "steps"):
+        common.check_int(p, args, name, 1)
+    # Everything else configures the char_lm runs (its parser rejects unknown flags).
     lm_argv = ["--data", args.data, "--sample", "0", *(QUICK_CHAR_LM if args.quick else [])]
     lm_argv += [*rest, *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
+    lm_argv += ["--download-url", args.download_url]
     lm_argv += [*(["--steps", str(args.steps)] if args.steps is not None else [])]
     lm_argv += [*(["--resume"] if args.resume else []), *(["--no-progress"] * args.no_progress)]
     for flag in ("--positional", "--out"):
         if flag in rest:
             p.error(f"{flag} is set per arm by this script")
-    args.lm_argv = lm_argv
-    args.lm = char_lm.parse_args(lm_argv)  # the char_lm settings every arm trains with
+    args.lm = common.char_lm_parser(__doc__).parse_args(lm_argv)
+    for arm in args.arms:  # every arm's flags, before any data is read
+        common.check_char_lm_flags(p, arm_args(args.lm, arm, out=args.out))
     return args
 
 
-def window_loss(model, val_ids: np.ndarray, length: int, batch_tokens: int) -> tuple[float, int]:
-    """Mean next-character loss over non-overlapping windows of ``length`` characters.
-
-    Returns ``(loss, number of predicted characters)``.
-    """
-    windows = jnp.asarray(sequential_windows(val_ids, block_size=length))
-    rows = max(1, batch_tokens // length)
-    num_batches = windows.shape[0] // rows
-
-    def batch(i, w):
-        w = jax.lax.dynamic_slice_in_dim(w, i * rows, rows)
-        return w[:, :-1], w[:, 1:]
-
-    loss = T.make_eval_fn(batch, num_batches=num_batches)(model, windows)
-    return float(loss), num_batches * rows * length
+def arm_args(lm: argparse.Namespace, arm: str, *, out) -> argparse.Namespace:
+    """The char_lm settings of one arm: ``lm`` with ``--positional arm --out out/arm``."""
+    return argparse.Namespace(**{**vars(lm), "positional": arm, "out": str(pathlib.Path(out, arm))})
 
 
 def markdown_table(results: dict, lengths: list[int], block: int) -> str:
@@ -161,11 +149,7 @@ def markdown_table(results: dict, lengths: list[int], block: int) -> str:
 
 
 def plot(results: dict, lengths: list[int], block: int, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm, r in results.items():
         pts = [(n, r["val_loss"][str(n)]) for n in lengths if r["val_loss"].get(str(n)) is not None]
@@ -182,23 +166,18 @@ def plot(results: dict, lengths: list[int], block: int, path: pathlib.Path) -> N
     ax.set_title("Train short, test long: validation loss vs evaluation length")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    p = make_parser()
+    args = parse_args(argv, p)
     t_start = time.perf_counter()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     lm = args.lm
     block, lengths = lm.block, args.eval_lengths
 
-    if lm.data == "tinyshakespeare":
-        text = load_tinyshakespeare(lm.cache_dir)
-    else:
-        text = pathlib.Path(lm.data).read_text(encoding="utf-8")
+    text = common.read_text(p, lm)
+    common.check_block(p, lm, len(text))
     _, val_ids = train_val_split(CharTokenizer.from_text(text).encode(text))  # as char_lm.py
     # One cut of the split shared by every length: all of them predict the same characters.
     usable = (
@@ -207,10 +186,12 @@ def main(argv=None):
     batch_tokens = max(args.eval_batch_tokens, max(lengths))
     usable = usable // batch_tokens * batch_tokens
     if usable == 0:
-        raise SystemExit(
-            f"the validation split ({len(val_ids)} characters) is shorter than one evaluation "
-            f"batch of {batch_tokens}; lower --eval-lengths/--eval-batch-tokens"
+        p.error(
+            f"the validation split of --data {lm.data} ({len(val_ids):,} characters) is "
+            f"shorter than one evaluation batch of {batch_tokens:,}; lower --eval-lengths / "
+            "--eval-batch-tokens or pass --data PATH to a longer text"
         )
+    out = common.output_dir(args.out)
     val_ids = val_ids[: usable + 1]
     print(
         f"arms {', '.join(args.arms)}; train block {block}, {lm.steps} steps; evaluation "
@@ -221,22 +202,23 @@ def main(argv=None):
     results = {}
     for arm in args.arms:
         t0 = time.perf_counter()
-        run_dir = out / arm
-        metrics = char_lm.main([*args.lm_argv, "--positional", arm, "--out", str(run_dir)])
+        run = arm_args(lm, arm, out=out)
+        metrics = common.train_char_lm(p, run, text)
         train_seconds = time.perf_counter() - t0
-        trained = json.loads((run_dir / "config.json").read_text())
+        trained = common.read_config(pathlib.Path(run.out, "config.json"))
         # Same weights, a longer max_len (positions past the block for all but the table).
         max_len = block if arm == "learned" else max(block, *lengths)
-        model = TransformerLM(
-            TransformerConfig(**{**trained, "max_len": max_len}), rngs=nnx.Rngs(0)
-        )
-        T.load_params(model, run_dir / "ckpt", lm.steps)
+        model = TransformerLM(dataclasses.replace(trained, max_len=max_len), rngs=nnx.Rngs(0))
+        T.load_params(model, pathlib.Path(run.out, "ckpt"), lm.steps)
         val_loss, tokens = {}, {}
         for n in lengths:
             if n > max_len:
                 val_loss[str(n)], tokens[str(n)] = None, 0  # no table rows past the block
             else:
-                val_loss[str(n)], tokens[str(n)] = window_loss(model, val_ids, n, batch_tokens)
+                rows = max(1, batch_tokens // n)
+                val_loss[str(n)], tokens[str(n)] = common.window_loss(
+                    model, val_ids, length=n, rows=rows
+                )
         results[arm] = {
             "positional": arm,
             "train_block": block,
@@ -280,7 +262,7 @@ def main(argv=None):
                     },
                 },
                 "published": PUBLISHED,
-                "environment": {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
+                "environment": common.environment(),
                 "wall_seconds": time.perf_counter() - t_start,
                 "results": results,
             },

@@ -23,21 +23,18 @@ Writes into ``--out``: ``metrics.json``, ``metrics.jsonl`` + TensorBoard events,
 ``ckpt/``.
 """
 
-import argparse
-import dataclasses
-import pathlib
 import sys
 import time
 
+import common  # experiments/common.py, beside this script
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import attention_jax
 from attention_jax import train as T
 from attention_jax.data import BOS, NUM_SPECIAL_TOKENS, PAD, SEP, TASKS, SyntheticTask, exact_match
-from attention_jax.nn import TransformerConfig, TransformerLM
+from attention_jax.nn import TransformerLM, generate
 
 # `--demo` (`make demo`): reversal of up to 8 symbols, learned to >= 99% exact match in
 # well under a minute of training on 2 CPU cores; explicit flags still override these.
@@ -56,10 +53,8 @@ DEMO = dict(
 )
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def make_parser():
+    p = common.make_parser(__doc__)
     p.add_argument(
         "--demo",
         action="store_true",
@@ -74,31 +69,44 @@ def parse_args(argv=None):
         help="smallest content length (default: task minimum)",
     )
     p.add_argument("--symbols", type=int, default=16, help="content symbols")
-    p.add_argument(
-        "--positional",
-        default="rope",
-        choices=["learned", "sinusoidal", "rope", "alibi", "t5", "none"],
-    )
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--mlp-ratio", type=float, default=4.0)
-    p.add_argument("--norm", default="layernorm", choices=["layernorm", "rmsnorm"])
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--eval-interval", type=int, default=250)
-    p.add_argument("--eval-size", type=int, default=1024, help="held-out examples")
-    p.add_argument("--show", type=int, default=5, help="predictions printed at the end")
-    p.add_argument("--out", default="out/synthetic")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    common.add_model_flags(p, layers=2, d_model=64, heads=4, positional="rope")
+    common.add_optimizer_flags(p, steps=2000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01)
+    g = common.add_run_flags(p, out="out/synthetic", seed=0)
+    g.add_argument("--eval-interval", type=int, default=250, help="0: at the end only")
+    g.add_argument("--eval-size", type=int, default=1024, help="held-out examples")
+    g.add_argument("--show", type=int, default=5, help="predictions printed at the end")
+    return p
+
+
+def parse_args(argv=None, p=None):
+    """The checked flags; a bad one ends in ``p.error`` (exit status 2)."""
+    p = p or make_parser()
     args = p.parse_args(argv)
     if args.demo:
         p.set_defaults(**DEMO)
         args = p.parse_args(argv)
+    common.check_flags(p, args)
+    common.check_int(p, args, "show", 0)
+    minimum = 4 if args.task == "mqar" else 2
+    if args.symbols < minimum:
+        p.error(f"--symbols must be >= {minimum} for --task {args.task}, got {args.symbols}")
+    task = SyntheticTask(args.task, num_symbols=args.symbols)
+    if args.length < task.min_length:
+        p.error(f"--length must be >= {task.min_length} for --task {args.task}, got {args.length}")
+    if args.min_length is not None and not task.min_length <= args.min_length <= args.length:
+        p.error(
+            f"--min-length must be in [{task.min_length}, --length {args.length}] for --task "
+            f"{args.task}, got {args.min_length}"
+        )
+    cap = task.max_supported_length
+    if cap is not None and args.length > cap:
+        p.error(
+            f"--length must be <= {cap} for --task {args.task} with --symbols {args.symbols} "
+            f"(keys are distinct, from the first symbols // 2); raise --symbols, got {args.length}"
+        )
+    common.model_config(
+        args, parser=p, vocab_size=task.vocab_size, max_len=task.seq_len(args.length)
+    )
     return args
 
 
@@ -122,44 +130,24 @@ def teacher_forced(model, prompt, answer):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    p = make_parser()
+    args = parse_args(argv, p)
     T.maybe_initialize_distributed()
     t_start = time.perf_counter()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = common.output_dir(args.out)
     task = SyntheticTask(args.task, num_symbols=args.symbols)
     min_length = task.min_length if args.min_length is None else args.min_length
-    config = TransformerConfig(
-        vocab_size=task.vocab_size,
-        d_model=args.d_model,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        mlp_ratio=args.mlp_ratio,
-        max_len=task.seq_len(args.length),
-        positional=args.positional,
-        norm=args.norm,
+    config = common.model_config(
+        args, parser=p, vocab_size=task.vocab_size, max_len=task.seq_len(args.length)
     )
-    config_json = {
-        k: v
-        for k, v in dataclasses.asdict(config).items()
-        if isinstance(v, int | float | str | bool | type(None))
-    }
-    T.write_json(out / "config.json", config_json)
+    config_json = common.write_config(out / "config.json", config)
     k_init, k_data, k_heldout, k_decode = jax.random.split(jax.random.key(args.seed), 4)
     model = TransformerLM(config, rngs=nnx.Rngs(k_init))
     num_params = T.count_params(model)
-    schedule_kw = dict(warmup_steps=args.warmup, decay_steps=args.steps, end_lr=args.lr / 10)
-    tx = T.make_optimizer(args.lr, **schedule_kw, weight_decay=args.weight_decay)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    def batch_fn(step, data):
-        del data
-        return task.sample(
-            jax.random.fold_in(k_data, step),
-            batch_size=args.batch,
-            max_length=args.length,
-            min_length=min_length,
-        )
+    optimizer, schedule = common.make_optimizer(model, args, end_lr=args.lr / 10)
+    batch_fn = common.task_batches(
+        task, k_data, batch_size=args.batch, max_length=args.length, min_length=min_length
+    )
 
     heldout = task.sample(
         k_heldout, batch_size=args.eval_size, max_length=args.length, min_length=min_length
@@ -198,7 +186,7 @@ def main(argv=None):
         checkpoint_dir=str(out / "ckpt"),
         max_to_keep=1,
         metadata={"config": config_json, "args": vars(args)},
-        lr_schedule=T.make_schedule(args.lr, **schedule_kw),
+        lr_schedule=schedule,
         progress=not args.no_progress,
         desc=f"{args.task}",
     )
@@ -223,7 +211,7 @@ def main(argv=None):
         jnp.mean(exact_match(forced, ex.answer, ex.answer_mask))
     )
     if args.task in ("copy", "reverse", "sort"):
-        decoded = attention_jax.generate(model, ex.prompt, a_len, temperature=0.0)[:, p_len:]
+        decoded = generate(model, ex.prompt, a_len, temperature=0.0)[:, p_len:]
         metrics["greedy_accuracy_at_max_length"] = float(
             jnp.mean(exact_match(decoded, ex.answer, ex.answer_mask))
         )
