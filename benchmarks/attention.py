@@ -59,13 +59,52 @@ QUADRATIC_MAX_T_TIMING = 8192
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """``"8x256x8x64,1x1024x8x64"`` -> ``[(8, 256, 8, 64), (1, 1024, 8, 64)]``; ValueError
+    for an item that is not four positive integers."""
     shapes = []
     for item in text.split(","):
-        parts = tuple(int(x) for x in item.lower().split("x"))
-        if len(parts) != 4:
-            raise SystemExit(f"--shapes takes BxTxNxH items, got {item!r}")
+        try:
+            parts = tuple(int(x) for x in item.lower().split("x"))
+        except ValueError:
+            parts = ()
+        if len(parts) != 4 or min(parts) < 1:
+            raise ValueError(f"--shapes takes BxTxNxH items of positive integers, got {item!r}")
         shapes.append(parts)
     return shapes
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    """``"128,256"`` -> ``[128, 256]``; ValueError unless positive integers."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
+
+
+def check_args(parser, args) -> None:
+    """Every flag, before JAX is set up or anything is timed; ``parser.error`` (one line,
+    exit status 2) on the first bad one."""
+    try:
+        parse_shapes(args.shapes or DEFAULT_SHAPES)
+        parse_ints(args.sweep_q, "--sweep-q")
+        parse_ints(args.sweep_k, "--sweep-k")
+    except ValueError as e:
+        parser.error(str(e))
+    bad = [i for i in args.impls.split(",") if i not in ALL_IMPLS]
+    if bad:
+        parser.error(f"--impls: unknown {bad}; choose from {','.join(ALL_IMPLS)}")
+    bad = [m for m in args.modes.split(",") if m not in ("fwd", "fwdbwd")]
+    if bad:
+        parser.error(f"--modes: unknown {bad}; choose from fwd,fwdbwd")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be an int >= 1, got {args.repeats}")
+    if args.max_timing_t < 1:
+        parser.error(f"--max-timing-t must be an int >= 1, got {args.max_timing_t}")
+    if not args.memory_timeout > 0:
+        parser.error(f"--memory-timeout must be a number of seconds > 0, got {args.memory_timeout}")
 
 
 def flops(b, t, n, h, causal: bool, mode: str) -> float:
@@ -584,8 +623,8 @@ def run_sweep(args, device: str) -> None:
     jax_setup(device)
     dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
     shapes = parse_shapes(args.shapes or "1x4096x8x64")
-    blocks_q = [int(x) for x in args.sweep_q.split(",")]
-    blocks_k = [int(x) for x in args.sweep_k.split(",")]
+    blocks_q = parse_ints(args.sweep_q, "--sweep-q")
+    blocks_k = parse_ints(args.sweep_k, "--sweep-k")
     causals = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
     modes = args.modes.split(",")
     repeats = args.repeats or (3 if args.quick else 10)
@@ -687,6 +726,7 @@ def main(argv=None) -> None:
     if args.memory_child:
         print(json.dumps(memory_child(json.loads(args.memory_child))))
         return
+    check_args(parser, args)
     device = args.device
     if device == "auto":
         import jax
@@ -699,5 +739,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -33,8 +33,20 @@ p.add_argument("--out", default="out/minimal_char_lm")
 args = p.parse_args()
 n_layer, n_head, n_embd, block, batch, eval_iters = 4, 4, 128, 64, 12, 20
 lr, min_lr, warmup, beta2, wd = 1e-3, 1e-4, 100, 0.99, 0.1
+# Bad flags end in one line (exit status 2) before anything is read or compiled.
+data_path = pathlib.Path(args.data)
+if not data_path.is_file() or data_path.stat().st_size == 0:
+    why = "no such file" if not data_path.exists() else "not a non-empty file"
+    p.error(f"--data {data_path}: {why}; pass --data PATH to a text file (Tiny Shakespeare)")
+if args.steps < 2:
+    p.error(f"--steps must be an int >= 2 (the first step compiles), got {args.steps}")
 
-text = pathlib.Path(args.data).read_text()
+try:
+    text = data_path.read_text(encoding="utf-8")
+except (OSError, UnicodeDecodeError) as e:
+    p.error(f"--data {data_path}: cannot be read as UTF-8 text ({e})")
+if len(text) - int(0.9 * len(text)) <= block:
+    p.error(f"--data {data_path}: too short for windows of {block}; pass a longer text")
 chars = sorted(set(text))
 lookup = {c: i for i, c in enumerate(chars)}
 tokens = np.array([lookup[c] for c in text], dtype=np.int32)
