@@ -75,22 +75,23 @@ def full_and_cached(model, tokens):
 
 
 @pytest.mark.parametrize(
-    "positional, num_kv_heads",
+    "positional, num_kv_heads, window",
     [
-        ("none", 2),
-        ("sinusoidal", 2),
-        ("learned", 2),
-        ("rope", 2),
-        ("alibi", 2),
-        ("t5", 2),
-        ("rope", 1),  # multi-query
+        ("none", 2, None),
+        ("sinusoidal", 2, None),
+        ("learned", 2, None),
+        ("rope", 2, None),
+        ("alibi", 2, None),
+        ("t5", 2, None),
+        ("rope", 1, None),  # multi-query
+        ("alibi", 2, (2, 0)),  # sliding window over the cache
     ],
 )
-def test_cached_decoding_matches_full_pass(positional, num_kv_heads, tokens, rope_lm):
-    if (positional, num_kv_heads) == ("rope", 2):
+def test_cached_decoding_matches_full_pass(positional, num_kv_heads, window, tokens, rope_lm):
+    if (positional, num_kv_heads, window) == ("rope", 2, None):
         model = rope_lm
     else:
-        cfg = lm_config(positional=positional, num_kv_heads=num_kv_heads)
+        cfg = lm_config(positional=positional, num_kv_heads=num_kv_heads, local_window_size=window)
         model = ajnn.TransformerLM(cfg, rngs=nnx.Rngs(0))
     full, cached, length = full_and_cached(model, tokens)
     chex.assert_shape(full, (B, T, VOCAB))
@@ -213,28 +214,63 @@ def test_encoder_decoder_cached_decoding_matches_full_pass(seq2seq, tokens):
 
 
 def test_prompt_longer_than_max_len(rope_lm):
-    with pytest.raises(ValueError, match=r"prompt length 13 is longer than max_len=12"):
+    with pytest.raises(
+        ValueError,
+        match=r"^generate: prompt must have length T <= 12 \(max_len\), got int32 array of "
+        r"shape \(1, 13\)\.$",
+    ):
         aj.generate(rope_lm, jnp.zeros((1, MAX_LEN + 1), jnp.int32), 1, temperature=0.0)
 
 
 def test_max_new_tokens_overflows_cache(rope_lm):
-    with pytest.raises(ValueError, match=r"overflows the KV cache \(max_len=12\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^generate: max_new_tokens must be an int in \[0, 8\] \(max_len=12 - prompt "
+        r"length 4: the KV cache capacity\), got 9\.$",
+    ):
         aj.generate(rope_lm, jnp.zeros((1, 4), jnp.int32), 9, temperature=0.0)
 
 
 def test_prompt_outside_vocabulary(rope_lm):
-    with pytest.raises(ValueError, match=r"prompt must be in \[0, 11\).*max 11"):
+    with pytest.raises(
+        ValueError,
+        match=r"^generate: prompt must be in \[0, 11\) \(vocab_size=11\), got min 1 and max 11 "
+        r"in int32 array of shape \(1, 2\)\.$",
+    ):
         aj.generate(rope_lm, jnp.array([[1, 11]], jnp.int32), 2, temperature=0.0)
 
 
 def test_sampling_needs_rng(rope_lm):
-    with pytest.raises(ValueError, match="needs rng"):
+    with pytest.raises(
+        ValueError,
+        match=r"^generate: rng must be a jax.random key when sampling \(temperature > 0\), "
+        r"got None\.$",
+    ):
         aj.generate(rope_lm, jnp.zeros((1, 2), jnp.int32), 2)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(top_k=0), "top_k must be an int in [1, 11] (vocab_size), got 0."),
+        (dict(top_p=1.5), "top_p must be None or a number in (0, 1], got 1.5."),
+        (dict(eos_id=11), "eos_id must be an int in [0, 10] (an id), got 11."),
+        (dict(temperature=-1.0), "temperature must be a finite number >= 0, got -1.0."),
+        (dict(max_new_tokens=-1), "max_new_tokens must be an int >= 0, got -1."),
+    ],
+)
+def test_generate_messages_in_the_shared_style(rope_lm, kw, message):
+    kw = dict(max_new_tokens=2, rng=jax.random.key(0)) | kw
+    with pytest.raises(ValueError) as info:
+        aj.generate(rope_lm, jnp.zeros((1, 2), jnp.int32), **kw)
+    assert str(info.value) == "generate: " + message
 
 
 def test_validate_tokens_eager():
     aj.validate_tokens(jnp.array([[0, 10]]), VOCAB)
-    with pytest.raises(ValueError, match=r"tokens must be in \[0, 11\).*min -1"):
+    with pytest.raises(
+        ValueError, match=r"^validate_tokens: tokens must be in \[0, 11\) .*got min -1 and max 3"
+    ):
         aj.validate_tokens(jnp.array([[-1, 3]]), VOCAB)
 
 
@@ -246,16 +282,38 @@ def test_validate_tokens_checkify_under_jit(rope_lm):
     err, _ = checked(jnp.array([[1, 2, 3]], jnp.int32))
     err.throw()  # in range: no error
     err, _ = checked(jnp.array([[1, 12, 3]], jnp.int32))
-    with pytest.raises(checkify.JaxRuntimeError, match=r"tokens must be in \[0, 11\).*max 12"):
+    with pytest.raises(
+        checkify.JaxRuntimeError, match=r"validate_tokens: tokens must be in \[0, 11\).*max 12"
+    ):
         err.throw()
 
 
 def test_cache_overflow_in_call(rope_lm):
     cache = rope_lm.init_cache(1, 4)._replace(length=jnp.int32(3))  # as after a 3-token prefill
-    with pytest.raises(ValueError, match=r"2 new tokens do not fit in the cache: filled 3 of 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerLM: cache must have room for 2 new tokens, got 3 of 4 slots "
+        r"filled\.$",
+    ):
         rope_lm(jnp.zeros((1, 2), jnp.int32), cache=cache)
 
 
 def test_init_cache_longer_than_max_len(rope_lm):
-    with pytest.raises(ValueError, match=r"init_cache\(max_len=...\) has length 13"):
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerLM.init_cache: max_len must be an int in \[1, 12\] \(the model's "
+        r"max_len\), got 13\.$",
+    ):
         rope_lm.init_cache(1, MAX_LEN + 1)
+
+
+def test_cache_of_another_model(rope_lm, seq2seq):
+    with pytest.raises(
+        ValueError, match=r"^TransformerLM: cache must have num_layers=2 layers, got 1\.$"
+    ):
+        rope_lm(jnp.zeros((1, 1), jnp.int32), cache=seq2seq.decoder.init_cache(1))
+    with pytest.raises(
+        TypeError,
+        match=r"^EncoderDecoder.decode: cache must be an EncoderDecoderCache, got KVCache\.$",
+    ):
+        seq2seq.decode(jnp.zeros((1, 1), jnp.int32), cache=seq2seq.decoder.init_cache(1))

@@ -83,13 +83,16 @@ def reference(m, x, positions, *, is_causal=True):
         ("t5", {}),
     ],
 )
-def test_module_equals_functional_core(positional, kw, x):
+@pytest.mark.parametrize("batched", [False, True])
+def test_module_equals_functional_core(positional, kw, batched, x):
     kw = dict(num_kv_heads=K) | kw
-    m = ajnn.MultiHeadAttention(D, N, positional=positional, rngs=nnx.Rngs(1), **kw)
+    m = ajnn.MultiHeadAttention.create(D, N, positional=positional, rngs=nnx.Rngs(1), **kw)
     positions = 7 + jnp.arange(T)  # offset positions: RoPE and biases must use them
+    if batched:  # per-example positions [B, T] (packed sequences, shards)
+        positions = positions + jnp.array([[0], [5]])
 
     def both(m, x):
-        return m(x, is_causal=True, positions=positions), reference(m, x, positions)
+        return m(x, is_causal=True, query_positions=positions), reference(m, x, positions)
 
     got, want = fast_jit(both)(m, x)
     chex.assert_shape(got, (B, T, D))
@@ -97,7 +100,9 @@ def test_module_equals_functional_core(positional, kw, x):
 
 
 def test_gqa_parameter_shapes_and_count():
-    m = ajnn.MultiHeadAttention(D, N, num_kv_heads=K, qk_norm=True, use_bias=True, rngs=nnx.Rngs(0))
+    m = ajnn.MultiHeadAttention.create(
+        D, N, num_kv_heads=K, qk_norm=True, use_bias=True, rngs=nnx.Rngs(0)
+    )
     assert m.query.kernel.shape == (D, N * H)
     assert m.key.kernel.shape == m.value.kernel.shape == (D, K * H)
     count = sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
@@ -107,7 +112,7 @@ def test_gqa_parameter_shapes_and_count():
 
 def test_cross_attention_equals_core_and_precomputed_key_value(x):
     s, dc = 6, 12
-    m = ajnn.MultiHeadAttention(D, N, num_kv_heads=K, context_features=dc, rngs=nnx.Rngs(2))
+    m = ajnn.MultiHeadAttention.create(D, N, num_kv_heads=K, context_features=dc, rngs=nnx.Rngs(2))
     context = jax.random.normal(jax.random.key(3), (B, s, dc))
     lengths = jnp.array([6, 3], jnp.int32)
 
@@ -127,7 +132,7 @@ def test_cross_attention_equals_core_and_precomputed_key_value(x):
 
 
 def test_cache_prefill_and_steps_equal_full_call(x):
-    m = ajnn.MultiHeadAttention(D, N, num_kv_heads=K, positional="rope", rngs=nnx.Rngs(4))
+    m = ajnn.MultiHeadAttention.create(D, N, num_kv_heads=K, positional="rope", rngs=nnx.Rngs(4))
 
     def run(m, x):
         full = m(x, is_causal=True)
@@ -144,7 +149,7 @@ def test_cache_prefill_and_steps_equal_full_call(x):
 
 
 def test_sow_weights_materializes_and_changes_nothing(x):
-    m = ajnn.MultiHeadAttention(D, N, num_kv_heads=K, positional="alibi", rngs=nnx.Rngs(5))
+    m = ajnn.MultiHeadAttention.create(D, N, num_kv_heads=K, positional="alibi", rngs=nnx.Rngs(5))
 
     def run(m, x):
         plain = m(x, is_causal=True)
@@ -162,8 +167,8 @@ def test_sow_weights_materializes_and_changes_nothing(x):
 
 def test_bfloat16_computes_in_bf16_with_float32_params(x):
     kw = dict(num_kv_heads=K, positional="rope")
-    m16 = ajnn.MultiHeadAttention(D, N, dtype=jnp.bfloat16, rngs=nnx.Rngs(6), **kw)
-    m32 = ajnn.MultiHeadAttention(D, N, rngs=nnx.Rngs(6), **kw)  # the same parameters
+    m16 = ajnn.MultiHeadAttention.create(D, N, dtype=jnp.bfloat16, rngs=nnx.Rngs(6), **kw)
+    m32 = ajnn.MultiHeadAttention.create(D, N, rngs=nnx.Rngs(6), **kw)  # the same parameters
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(m16, nnx.Param)))
 
     def run(m16, x):
@@ -178,7 +183,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params(x):
 
 
 def test_attention_dropout_only_when_not_deterministic(x):
-    m = ajnn.MultiHeadAttention(D, N, dropout_rate=0.5, rngs=nnx.Rngs(7))
+    m = ajnn.MultiHeadAttention.create(D, N, attention_dropout=0.5, rngs=nnx.Rngs(7))
 
     def run(m, x, key):
         det = m(x)
@@ -192,31 +197,138 @@ def test_attention_dropout_only_when_not_deterministic(x):
     assert not np.allclose(a, det) and not np.allclose(a, c)
 
 
+# ------------------------------------------------------------------- AttentionConfig
+
+
+def test_config_constructor_equals_create(x):
+    config = ajnn.AttentionConfig(num_heads=N, head_dim=H, num_kv_heads=K, positional="rope")
+    a = ajnn.MultiHeadAttention(D, config, rngs=nnx.Rngs(8))
+    b = ajnn.MultiHeadAttention.create(D, N, num_kv_heads=K, positional="rope", rngs=nnx.Rngs(8))
+    assert a.config == b.config == config
+    ya, yb = fast_jit(lambda ms, x: (ms[0](x), ms[1](x)))(nnx.List([a, b]), x)
+    chex.assert_trees_all_close(ya, yb, atol=0, rtol=0)
+
+
+def test_config_resolves_kv_heads_and_canonicalizes():
+    config = ajnn.AttentionConfig(num_heads=N, head_dim=H, dtype="bfloat16", local_window_size=3)
+    assert config.num_kv_heads == N
+    assert config.dtype == jnp.dtype(jnp.bfloat16) and config.local_window_size == (3, 3)
+    assert config == ajnn.AttentionConfig(
+        num_heads=N, head_dim=H, num_kv_heads=N, dtype=jnp.bfloat16, local_window_size=(3, 3)
+    )
+    hash(config)  # static configuration: hashable
+
+
+def test_local_window_size_equals_core_with_that_window(x):
+    m = ajnn.MultiHeadAttention.create(D, N, local_window_size=(2, 0), rngs=nnx.Rngs(9))
+
+    def run(m, x):
+        q = linear(m.query, x).reshape(B, T, N, H)
+        k = linear(m.key, x).reshape(B, T, N, H)
+        v = linear(m.value, x).reshape(B, T, N, H)
+        out = aj.dot_product_attention(q, k, v, is_causal=True, local_window_size=(2, 0))
+        return m(x, is_causal=True), linear(m.out, out.reshape(B, T, N * H))
+
+    got, want = fast_jit(run)(m, x)
+    chex.assert_trees_all_close(got, want, atol=1e-6, rtol=1e-6)
+
+
 # ------------------------------------------------------------------------ bad input
 
 
 def test_num_heads_not_multiple_of_num_kv_heads():
-    with pytest.raises(ValueError, match=r"num_heads=4 must be a multiple of num_kv_heads=3"):
-        ajnn.MultiHeadAttention(D, 4, num_kv_heads=3, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention.create: num_heads must be a multiple of num_kv_heads=3, "
+        r"got 4\.$",
+    ):
+        ajnn.MultiHeadAttention.create(D, 4, num_kv_heads=3, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError, match=r"^AttentionConfig: num_heads must be a multiple of num_kv_heads=3"
+    ):
+        ajnn.AttentionConfig(num_heads=4, head_dim=H, num_kv_heads=3)
 
 
 def test_in_features_not_divisible_without_head_dim():
-    with pytest.raises(ValueError, match=r"in_features=18 is not divisible by num_heads=4"):
-        ajnn.MultiHeadAttention(18, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention.create: in_features must be divisible by num_heads=4 when "
+        r"head_dim is None, got 18\.$",
+    ):
+        ajnn.MultiHeadAttention.create(18, 4, rngs=nnx.Rngs(0))
 
 
 def test_unknown_positional():
-    with pytest.raises(ValueError, match=r"positional must be one of .* got 'sinusoidal'"):
-        ajnn.MultiHeadAttention(D, N, positional="sinusoidal", rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention.create: positional must be one of \('none', 'rope', "
+        r"'alibi', 't5'\), got 'sinusoidal'\.$",
+    ):
+        ajnn.MultiHeadAttention.create(D, N, positional="sinusoidal", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1])
+def test_bad_attention_dropout(rate):
+    with pytest.raises(
+        ValueError,
+        match=rf"^MultiHeadAttention.create: attention_dropout must be a number in \[0, 1\), "
+        rf"got {rate}\.$",
+    ):
+        ajnn.MultiHeadAttention.create(D, N, attention_dropout=rate, rngs=nnx.Rngs(0))
+
+
+def test_bad_softcap():
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention.create: softcap must be None or a finite number > 0, "
+        r"got -1\.0\.$",
+    ):
+        ajnn.MultiHeadAttention.create(D, N, softcap=-1.0, rngs=nnx.Rngs(0))
+
+
+def test_bad_normalizer():
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention.create: normalizer must be one of \(.*'softmax'.*\) or a "
+        r"callable, got 'softermax'\.$",
+    ):
+        ajnn.MultiHeadAttention.create(D, N, normalizer="softermax", rngs=nnx.Rngs(0))
+
+
+def test_unknown_option_lists_the_fields():
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention.create: unknown attention options \['dropout_rate'\]; .*"
+        r"'attention_dropout'",
+    ):
+        ajnn.MultiHeadAttention.create(D, N, dropout_rate=0.1, rngs=nnx.Rngs(0))
+
+
+def test_constructor_needs_an_attention_config():
+    with pytest.raises(
+        TypeError, match=r"^MultiHeadAttention: config must be an AttentionConfig, got 4 "
+    ):
+        ajnn.MultiHeadAttention(D, N, rngs=nnx.Rngs(0))
 
 
 def test_cache_with_cross_attention(x):
-    m = ajnn.MultiHeadAttention(D, N, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="cache is for self-attention"):
+    m = ajnn.MultiHeadAttention.create(D, N, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="^MultiHeadAttention: cache is for self-attention"):
         m(x, x, cache=m.init_cache(B, 8))
 
 
+def test_key_value_positions_are_for_cross_attention(x):
+    m = ajnn.MultiHeadAttention.create(D, N, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError, match="^MultiHeadAttention: key_value_positions is for cross-attention"
+    ):
+        m(x, key_value_positions=jnp.arange(T))
+
+
 def test_key_value_seq_lengths_with_cache(x):
-    m = ajnn.MultiHeadAttention(D, N, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="key_value_seq_lengths cannot be combined with a cache"):
+    m = ajnn.MultiHeadAttention.create(D, N, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match="^MultiHeadAttention: key_value_seq_lengths cannot be combined with a cache",
+    ):
         m(x, cache=m.init_cache(B, 8), key_value_seq_lengths=jnp.array([1, 2]))

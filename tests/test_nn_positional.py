@@ -54,11 +54,17 @@ class LearnedPositionalEmbeddingTest(chex.TestCase):
 
     def test_float_positions_raise(self):
         module = LearnedPositionalEmbedding(4, 2, rngs=nnx.Rngs(0))
-        with pytest.raises(TypeError, match="positions must be an integer array"):
+        with pytest.raises(
+            TypeError,
+            match=r"^LearnedPositionalEmbedding: positions must be an integer array, got float32 "
+            r"array of shape \(3,\)\.$",
+        ):
             module(jnp.arange(3.0))
 
     def test_bad_max_len_raises(self):
-        with pytest.raises(ValueError, match="max_len must be an int >= 1"):
+        with pytest.raises(
+            ValueError, match=r"^LearnedPositionalEmbedding: max_len must be an int >= 1, got 0\.$"
+        ):
             LearnedPositionalEmbedding(0, 2, rngs=nnx.Rngs(0))
 
 
@@ -84,6 +90,15 @@ class T5RelativeBiasTest(chex.TestCase):
         partial_fn = functools.partial(aj.t5_relative_bias, module.table[...])
         chex.assert_trees_all_close(partial_fn(positions, positions), full)
 
+    def test_batched_positions_give_a_bias_per_example(self):
+        module = T5RelativeBias(2, 8, 16, bidirectional=False, rngs=nnx.Rngs(8))
+        q = jnp.array([[3, 4, 5], [0, 1, 2]])
+        k = jnp.array([[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 2, 2]])
+        out = module(q, k)
+        chex.assert_shape(out, (2, 2, 3, 6))
+        for b in range(2):
+            chex.assert_trees_all_close(out[b], module(q[b], k[b]))
+
     def test_grad_flows_to_table(self):
         module = T5RelativeBias(2, 8, 16, rngs=nnx.Rngs(7))
         grads = nnx.grad(lambda m: jnp.sum(m(jnp.arange(3), jnp.arange(3))))(module)
@@ -92,7 +107,9 @@ class T5RelativeBiasTest(chex.TestCase):
         chex.assert_trees_all_close(jnp.sum(grads.table[...], axis=0), jnp.full((2,), 9.0))
 
     def test_bad_num_heads_raises(self):
-        with pytest.raises(ValueError, match="num_heads must be an int >= 1"):
+        with pytest.raises(
+            ValueError, match=r"^T5RelativeBias: num_heads must be an int >= 1, got 0\.$"
+        ):
             T5RelativeBias(0, rngs=nnx.Rngs(0))
 
     def test_bad_bucket_config_raises_at_construction(self):

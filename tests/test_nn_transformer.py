@@ -3,6 +3,7 @@ counts, mixed precision and a jitted training step that compiles once."""
 
 import dataclasses
 import functools
+import json
 
 import chex
 import jax
@@ -12,6 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
+import attention_jax as aj
 from attention_jax import nn as ajnn
 
 V, D, N, K, MAX_LEN, B, T = 11, 16, 4, 2, 12, 2, 8
@@ -58,20 +60,147 @@ def alibi_lm():
 
 
 def test_config_d_model_not_divisible_by_num_heads():
-    with pytest.raises(ValueError, match=r"d_model=18 is not divisible by num_heads=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerConfig: d_model must be divisible by num_heads=4 when head_dim is "
+        r"None, got 18\.$",
+    ):
         config(d_model=18)
-    assert config(d_model=18, head_dim=4).head_size == 4  # explicit head_dim is fine
+    assert config(d_model=18, head_dim=4).attention_config.head_dim == 4  # explicit is fine
 
 
 def test_config_num_heads_not_multiple_of_num_kv_heads():
-    with pytest.raises(ValueError, match=r"num_heads=4 must be a multiple of num_kv_heads=3"):
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerConfig: num_heads must be a multiple of num_kv_heads=3, got 4\.$",
+    ):
         config(num_kv_heads=3)
 
 
-@pytest.mark.parametrize("field", ["positional", "norm", "mlp"])
+@pytest.mark.parametrize("field", ["positional", "norm", "mlp", "pooling"])
 def test_config_unknown_choice_names_the_field(field):
-    with pytest.raises(ValueError, match=rf"TransformerConfig: {field} must be one of"):
+    with pytest.raises(
+        ValueError, match=rf"^TransformerConfig: {field} must be one of \(.*\), got 'bogus'\.$"
+    ):
         config(**{field: "bogus"})
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(num_heads=0), "num_heads must be an int >= 1, got 0."),
+        (dict(vocab_size=2.5), "vocab_size must be an int >= 1, got 2.5."),
+        (dict(num_kv_heads=0), "num_kv_heads must be an int >= 1, got 0."),
+        (dict(dropout=1.0), "dropout must be a number in [0, 1), got 1.0."),
+        (dict(attention_dropout=-0.1), "attention_dropout must be a number in [0, 1), got -0.1."),
+        (dict(softcap=0.0), "softcap must be None or a finite number > 0, got 0.0."),
+        (
+            dict(local_window_size=(1, 2, 3)),
+            "local_window_size must be an int >= 0 or a (left, right) pair of them, got (1, 2, 3).",
+        ),
+        (
+            dict(implementation="fast"),
+            "implementation must be one of (None, 'xla', 'flash', 'cudnn', 'tokamax'), got 'fast'.",
+        ),
+        (dict(qk_norm="yes"), "qk_norm must be a bool, got 'yes'."),
+        (dict(dtype="float33"), "dtype must be None or a dtype, got 'float33'."),
+        (dict(num_classes=0), "num_classes must be an int >= 1, got 0."),
+    ],
+)
+def test_config_messages_in_the_shared_style(kw, message):
+    with pytest.raises(ValueError) as info:
+        config(**kw)
+    assert str(info.value) == "TransformerConfig: " + message
+
+
+def test_config_normalizer_message():
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerConfig: normalizer must be one of \(.*\) or a callable, got 'x'\.$",
+    ):
+        config(normalizer="x")
+
+
+def test_attention_config_is_derived_from_the_fields_of_the_same_names():
+    cfg = config(
+        num_kv_heads=None,
+        head_dim=8,
+        positional="alibi",
+        qk_norm=True,
+        softcap=30,
+        local_window_size=4,
+        attention_dropout=0.1,
+        use_bias=True,
+        normalizer="softmax_one",
+        dtype="bfloat16",
+    )
+    assert cfg.attention_config == ajnn.AttentionConfig(
+        num_heads=N,
+        num_kv_heads=N,  # resolved
+        head_dim=8,
+        positional="alibi",
+        qk_norm=True,
+        softcap=30.0,
+        local_window_size=(4, 4),
+        attention_dropout=0.1,
+        use_bias=True,
+        normalizer="softmax_one",
+        dtype=jnp.bfloat16,
+    )
+    assert cfg.softcap == 30.0 and cfg.local_window_size == (4, 4)  # canonical form
+    assert config().attention_config.head_dim == H
+    assert config().attention_config.num_kv_heads == K
+    for positional in ("learned", "sinusoidal", "none"):  # these act outside attention
+        assert config(positional=positional).attention_config.positional == "none"
+    assert config(positional="t5").attention_config.positional == "t5"
+
+
+def test_config_json_round_trip_yarn_bfloat16():
+    cfg = config(rope_scaling=aj.RopeScaling("yarn", 4.0, 64), dtype=jnp.bfloat16)
+    assert ajnn.TransformerConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_config_json_round_trip_every_field_non_default():
+    defaults = {f.name: f.default for f in dataclasses.fields(ajnn.TransformerConfig)}
+    cfg = ajnn.TransformerConfig(
+        vocab_size=13,
+        d_model=24,
+        num_layers=3,
+        num_heads=6,
+        max_len=40,
+        num_kv_heads=3,
+        head_dim=8,
+        mlp_ratio=2.5,
+        positional="t5",
+        rope_base=500.0,
+        rope_fraction=0.5,
+        rope_scaling=aj.RopeScaling("ntk", 2.0),
+        t5_num_buckets=16,
+        t5_max_distance=64,
+        norm="rmsnorm",
+        mlp="swiglu",
+        prenorm=False,
+        dropout=0.1,
+        attention_dropout=0.2,
+        tie_embeddings=False,
+        scale_embeddings=True,
+        use_bias=True,
+        qk_norm=True,
+        normalizer="sigmoid",
+        softcap=50.0,
+        local_window_size=(8, 0),
+        num_encoder_layers=2,
+        num_decoder_layers=1,
+        num_classes=5,
+        pooling="attention",
+        dtype=jnp.float16,
+        param_dtype=jnp.bfloat16,
+        implementation="xla",
+    )
+    assert all(getattr(cfg, name) != default for name, default in defaults.items())
+    text = cfg.to_json(indent=2)
+    assert ajnn.TransformerConfig.from_json(text) == cfg
+    assert json.loads(text)["dtype"] == "float16"
 
 
 def test_config_is_frozen_and_keyword_only():
@@ -162,10 +291,67 @@ def test_packed_sequences_equal_separate_sequences(alibi_lm, tokens):
     chex.assert_trees_all_close(packed[:, 3:], second, atol=1e-5, rtol=1e-5)
 
 
+def test_lm_local_window_equals_core_with_that_window(tokens):
+    window = (2, 0)
+    model = ajnn.TransformerLM(
+        config(positional="rope", local_window_size=window), rngs=nnx.Rngs(8)
+    )
+    assert model.blocks[0].attention.config.local_window_size == window
+
+    def run(model, tokens):
+        # The one-layer pre-norm LM spelled out, attention by the core with the window.
+        x = model.embedder(tokens, jnp.arange(T))
+        block, attention = model.blocks[0], model.blocks[0].attention
+        h = block.attention_norm(x)
+        q = attention.project_query(h)
+        k, v = attention.project_key_value(h)
+        out = aj.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
+        x = x + attention.out(out.reshape(B, T, N * H))
+        x = x + block.mlp(block.mlp_norm(x))
+        want = model.embedder.attend(model.final_norm(x))
+        _, inter = nnx.capture(model, nnx.Intermediate)(tokens, sow_weights=True)
+        return model(tokens), want, inter["blocks"][0]["attention"]["attention_weights"]
+
+    got, want, weights = fast_jit(run)(model, tokens)
+    chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+    (w,) = weights.get_value()
+    i, j = np.indices((T, T))
+    assert np.all(np.asarray(w)[..., (j > i) | (j < i - window[0])] == 0)
+    assert np.all(np.asarray(w)[..., (j <= i) & (j >= i - window[0])] > 0)
+
+
+def test_lm_sequence_lengths_reach_every_layer(tokens):
+    model = ajnn.TransformerLM(config(positional="rope", num_layers=2), rngs=nnx.Rngs(9))
+    lengths = jnp.array([T, 5], jnp.int32)
+
+    def run(model, tokens):
+        _, inter = nnx.capture(model, nnx.Intermediate)(
+            tokens, query_seq_lengths=lengths, key_value_seq_lengths=lengths, sow_weights=True
+        )
+        return [inter["blocks"][i]["attention"]["attention_weights"] for i in range(2)]
+
+    for weights in fast_jit(run)(model, tokens):
+        (w,) = np.asarray(weights.get_value())
+        assert np.all(w[1, :, 5:, :] == 0)  # padded query rows
+        assert np.all(w[1, :, :, 5:] == 0)  # padded keys
+        np.testing.assert_allclose(w[0].sum(-1), 1.0, atol=1e-6)  # the full row is untouched
+
+
+def test_lm_and_encoder_decoder_share_the_decoder_stack():
+    lm = ajnn.TransformerLM(config(), rngs=nnx.Rngs(0))
+    seq2seq = ajnn.EncoderDecoder(config(), rngs=nnx.Rngs(0))
+    assert isinstance(lm, ajnn.DecoderStack) and isinstance(seq2seq.decoder, ajnn.DecoderStack)
+    assert type(lm).forward is type(seq2seq.decoder).forward
+    assert seq2seq.decoder.blocks[0].cross_attention is not None
+
+
 def test_block_wiring_pre_and_post_norm():
     x = jax.random.normal(jax.random.key(2), (B, T, D))
-    pre = ajnn.TransformerBlock(D, N, rngs=nnx.Rngs(0))
-    post = ajnn.TransformerBlock(D, N, prenorm=False, norm="rmsnorm", mlp="relu", rngs=nnx.Rngs(0))
+    attention = ajnn.AttentionConfig(num_heads=N, head_dim=H)
+    pre = ajnn.TransformerBlock(D, attention, rngs=nnx.Rngs(0))
+    post = ajnn.TransformerBlock(
+        D, attention, prenorm=False, norm="rmsnorm", mlp="relu", rngs=nnx.Rngs(0)
+    )
 
     def run(blocks, x):
         pre, post = blocks
@@ -282,10 +468,92 @@ def test_encoder_decoder_ignores_source_padding(tokens):
 
 
 def test_classifier_needs_num_classes():
-    with pytest.raises(ValueError, match="num_classes must be set"):
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerClassifier: config.num_classes must be an int >= 1, got None\.$",
+    ):
         ajnn.TransformerClassifier(config(), rngs=nnx.Rngs(0))
 
 
 def test_lm_rejects_sequences_longer_than_max_len(alibi_lm):
-    with pytest.raises(ValueError, match=r"tokens has length 13, longer than max_len=12"):
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerLM: tokens must have length T <= 12 \(max_len\), got int32 array "
+        r"of shape \(1, 13\)\.$",
+    ):
         alibi_lm(jnp.zeros((1, MAX_LEN + 1), jnp.int32))
+
+
+def test_classifier_cls_token_counts_against_max_len():
+    model = ajnn.TransformerClassifier(config(num_classes=2), rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerClassifier: tokens must have length T <= 11 \(max_len - 1: "
+        r"pooling='cls' prepends a token\), got int32 array of shape \(1, 12\)\.$",
+    ):
+        model(jnp.zeros((1, MAX_LEN), jnp.int32))
+
+
+def test_lm_rejects_float_tokens_and_bad_positions(alibi_lm):
+    with pytest.raises(
+        TypeError,
+        match=r"^TransformerLM: tokens must be an integer array, got float32 array of shape "
+        r"\(1, 3\)\.$",
+    ):
+        alibi_lm(jnp.zeros((1, 3), jnp.float32))
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerLM: positions must be of shape \[3\] or \[1, 3\], got int32 "
+        r"array of shape \(4,\)\.$",
+    ):
+        alibi_lm(jnp.zeros((1, 3), jnp.int32), positions=jnp.arange(4, dtype=jnp.int32))
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerLM: query_seq_lengths must be of shape \(1,\), got int32 array of "
+        r"shape \(2,\)\.$",
+    ):
+        alibi_lm(jnp.zeros((1, 3), jnp.int32), query_seq_lengths=jnp.array([1, 2], jnp.int32))
+
+
+def test_lm_segment_ids_with_cache(alibi_lm):
+    with pytest.raises(
+        ValueError, match=r"^TransformerLM: segment_ids must be None with a cache, got "
+    ):
+        alibi_lm(
+            jnp.zeros((1, 3), jnp.int32),
+            segment_ids=jnp.zeros((1, 3), jnp.int32),
+            cache=alibi_lm.init_cache(1),
+        )
+
+
+def test_encoder_padding_mask_must_be_boolean(tokens):
+    encoder = ajnn.TransformerEncoder(config(), rngs=nnx.Rngs(0))
+    with pytest.raises(
+        TypeError,
+        match=r"^TransformerEncoder.encode: padding_mask must be a boolean array \(True = "
+        r"token\), got int32 array of shape \(2, 8\)\.$",
+    ):
+        encoder(tokens, padding_mask=jnp.ones((B, T), jnp.int32))
+
+
+def test_block_and_mlp_messages():
+    attention = ajnn.AttentionConfig(num_heads=N, head_dim=H)
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerBlock: norm must be one of \('layernorm', 'rmsnorm'\), got "
+        r"'batchnorm'\.$",
+    ):
+        ajnn.TransformerBlock(D, attention, norm="batchnorm", rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError, match=r"^TransformerBlock: dropout must be a number in \[0, 1\), got 2\.$"
+    ):
+        ajnn.TransformerBlock(D, attention, dropout=2, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        TypeError, match=r"^TransformerBlock: attention_config must be an AttentionConfig, got 4\.$"
+    ):
+        ajnn.TransformerBlock(D, N, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"^MLP: kind must be one of \('gelu', 'swiglu', 'relu'\), got 'tanh'\.$",
+    ):
+        ajnn.MLP(D, F, kind="tanh", rngs=nnx.Rngs(0))

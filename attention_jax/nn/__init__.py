@@ -4,14 +4,12 @@ from attention_jax.nn.attention import MultiHeadAttention
 from attention_jax.nn.block import TransformerBlock
 from attention_jax.nn.cache import AttentionCache, EncoderDecoderCache, KVCache, init_kv_cache
 from attention_jax.nn.checks import validate_tokens
-from attention_jax.nn.config import TransformerConfig
+from attention_jax.nn.config import AttentionConfig, TransformerConfig
 from attention_jax.nn.embedding import Embedder
+from attention_jax.nn.encoder import TransformerClassifier, TransformerEncoder
+from attention_jax.nn.encoder_decoder import EncoderDecoder
 from attention_jax.nn.generate import generate, sample_logits
+from attention_jax.nn.lm import TransformerLM
 from attention_jax.nn.mlp import MLP
 from attention_jax.nn.positional import LearnedPositionalEmbedding, T5RelativeBias
-from attention_jax.nn.transformer import (
-    EncoderDecoder,
-    TransformerClassifier,
-    TransformerEncoder,
-    TransformerLM,
-)
+from attention_jax.nn.stack import DecoderStack

@@ -2,7 +2,8 @@
 :func:`attention_jax.dot_product_attention`.
 
 The module owns parameters only; masking, the normalizer, softcapping and dropout of the
-weights all happen in the functional core, so there is one attention implementation.
+weights all happen in the functional core, so there is one attention implementation. Its
+options are one :class:`attention_jax.nn.AttentionConfig`.
 
 Shape letters: ``B`` batch, ``T`` queries, ``S`` keys, ``D`` features, ``N`` query heads,
 ``K`` key/value heads, ``H`` head dim.
@@ -17,39 +18,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attention_jax._checks import check_int, describe, float_array
 from attention_jax.attention import dot_product_attention
-from attention_jax.normalizers import get_normalizer
 from attention_jax.nn.cache import AttentionCache
+from attention_jax.nn.config import AttentionConfig
 from attention_jax.nn.positional import T5RelativeBias
-from attention_jax.positional import RopeScaling, rotary_dim, alibi_bias, alibi_slopes, apply_rope
+from attention_jax.positional import alibi_bias, alibi_slopes, apply_rope
 
-__all__ = ["MultiHeadAttention", "POSITIONAL_IN_ATTENTION"]
-
-POSITIONAL_IN_ATTENTION = ("none", "rope", "alibi", "t5")
-
-
-def _check_int(value, name: str, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"MultiHeadAttention: {name} must be an int >= {minimum}, got {value!r}.")
-
-
-def per_example_bias_fn(fn: Callable) -> Callable:
-    """Lifts a ``bias_fn`` of 1-D positions (``[T]``, ``[S]``) to batched ``[B, T]`` ones.
-
-    :func:`attention_jax.alibi_bias` and :func:`attention_jax.t5_relative_bias` take positions
-    shared by the batch; packed sequences carry ``[B, T]`` positions, for which the bias is
-    evaluated per example (``[B, N, T, S]``).
-    """
-
-    def bias_fn(q_positions, k_positions):
-        if q_positions.ndim == 1 and k_positions.ndim == 1:
-            return fn(q_positions, k_positions)
-        b = q_positions.shape[0] if q_positions.ndim == 2 else k_positions.shape[0]
-        q_positions = jnp.broadcast_to(q_positions, (b, q_positions.shape[-1]))
-        k_positions = jnp.broadcast_to(k_positions, (b, k_positions.shape[-1]))
-        return jax.vmap(fn)(q_positions, k_positions)
-
-    return bias_fn
+__all__ = ["MultiHeadAttention"]
 
 
 def _sum_bias_fns(fns: list[Callable]) -> Callable | None:
@@ -68,144 +44,145 @@ class MultiHeadAttention(nnx.Module):
     cross-attention); groups of ``num_heads // num_kv_heads`` query heads share a key/value
     head. Optional RMSNorm on each q and k head (QK-norm) comes before RoPE.
 
-    Positional options (``positional``):
+    Positional options (``config.positional``):
 
     * ``"none"``: no position information here (absolute encodings live in the embedding).
-    * ``"rope"``: :func:`attention_jax.apply_rope` on q at ``positions`` and k at the key
-      positions.
+    * ``"rope"``: :func:`attention_jax.apply_rope` on q at ``query_positions`` and on k at
+      the key positions.
     * ``"alibi"``: ``bias_fn = partial(alibi_bias, alibi_slopes(num_heads))``.
     * ``"t5"``: a learned :class:`attention_jax.nn.T5RelativeBias` table owned by this
       layer, used as ``bias_fn``. (Models that share one table across layers, as T5 does,
       build this module with ``"none"`` and pass the shared table as ``bias_fn`` at call time.)
 
+    Two ways to build one::
+
+        config = AttentionConfig(num_heads=4, head_dim=16, num_kv_heads=2, positional="rope")
+        mha = MultiHeadAttention(64, config, rngs=nnx.Rngs(0))
+        # or, with head_dim defaulting to in_features // num_heads:
+        mha = MultiHeadAttention.create(64, 4, num_kv_heads=2, positional="rope", rngs=...)
+
     Args:
       in_features: ``D`` of the queries' input ``x``.
-      num_heads: ``N``.
-      num_kv_heads: ``K`` (default ``N``); ``N % K == 0``. ``K == 1`` is multi-query.
-      head_dim: ``H`` (default ``in_features // num_heads``, which must divide evenly).
+      config: :class:`attention_jax.nn.AttentionConfig`, every attention option.
       out_features: output features (default ``in_features``).
       context_features: features of the cross-attention context (default ``in_features``).
-      positional: ``"none"``, ``"rope"``, ``"alibi"`` or ``"t5"``.
-      rope_base, rope_fraction, rope_scaling: passed to :func:`attention_jax.apply_rope`.
-      t5_num_buckets, t5_max_distance, t5_bidirectional: the T5 table's configuration.
-      normalizer: ``"softmax"``, ``"softmax_one"``, ``"sparsemax"``, ``"sigmoid"`` or a callable.
-      softcap: optional logit softcap.
-      qk_norm: RMSNorm over ``H`` on every q and k head.
-      use_bias: biases in the four projections.
-      dropout_rate: attention-weight dropout (inside the functional core).
-      implementation: passed to :func:`attention_jax.dot_product_attention`.
-      dtype: computation dtype of the projections (None: from inputs and params). With
-        ``bfloat16`` the logits and softmax still run in float32 in the core.
-      param_dtype: dtype of the parameters.
-      rngs: ``nnx.Rngs`` (``params``; a ``dropout`` stream is kept when ``dropout_rate > 0``).
+      rngs: ``nnx.Rngs`` (``params``; a ``dropout`` stream is kept when
+        ``config.attention_dropout > 0``).
     """
 
     def __init__(
         self,
         in_features: int,
-        num_heads: int,
+        config: AttentionConfig,
         *,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
         out_features: int | None = None,
         context_features: int | None = None,
-        positional: str = "none",
-        rope_base: float = 10000.0,
-        rope_fraction: float = 1.0,
-        rope_scaling: RopeScaling | None = None,
-        t5_num_buckets: int = 32,
-        t5_max_distance: int = 128,
-        t5_bidirectional: bool = True,
-        normalizer: str | Callable = "softmax",
-        softcap: float | None = None,
-        qk_norm: bool = False,
-        use_bias: bool = False,
-        dropout_rate: float = 0.0,
-        implementation: str | None = None,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        _check_int(in_features, "in_features")
-        _check_int(num_heads, "num_heads")
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        _check_int(num_kv_heads, "num_kv_heads")
-        if num_heads % num_kv_heads:
-            raise ValueError(
-                f"MultiHeadAttention: num_heads={num_heads} must be a multiple of "
-                f"num_kv_heads={num_kv_heads}."
+        fn = "MultiHeadAttention"
+        in_features = check_int(in_features, "in_features", fn=fn)
+        if not isinstance(config, AttentionConfig):
+            raise TypeError(
+                f"{fn}: config must be an AttentionConfig, got {describe(config)} (keyword "
+                "options go to MultiHeadAttention.create(in_features, num_heads, ...))."
             )
-        if head_dim is None:
-            if in_features % num_heads:
-                raise ValueError(
-                    f"MultiHeadAttention: in_features={in_features} is not divisible by "
-                    f"num_heads={num_heads}; pass head_dim explicitly."
-                )
-            head_dim = in_features // num_heads
-        _check_int(head_dim, "head_dim")
         out_features = in_features if out_features is None else out_features
         context_features = in_features if context_features is None else context_features
-        _check_int(out_features, "out_features")
-        _check_int(context_features, "context_features")
-        if positional not in POSITIONAL_IN_ATTENTION:
-            raise ValueError(
-                f"MultiHeadAttention: positional must be one of {POSITIONAL_IN_ATTENTION}, "
-                f"got {positional!r}."
-            )
-        if positional == "rope":
-            rotary_dim(head_dim, rope_fraction, "MultiHeadAttention")
-        get_normalizer(normalizer, fn="MultiHeadAttention")
-        if softcap is not None and not softcap > 0:
-            raise ValueError(f"MultiHeadAttention: softcap must be None or > 0, got {softcap}.")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(
-                f"MultiHeadAttention: dropout_rate must be in [0, 1), got {dropout_rate}."
-            )
-
+        self.config = config
         self.in_features = in_features
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = head_dim
-        self.out_features = out_features
-        self.positional = positional
-        self.rope_base = rope_base
-        self.rope_fraction = rope_fraction
-        self.rope_scaling = rope_scaling
-        self.normalizer = normalizer
-        self.softcap = softcap
-        self.dropout_rate = dropout_rate
-        self.implementation = implementation
-        self.dtype = dtype
+        self.out_features = check_int(out_features, "out_features", fn=fn)
+        context_features = check_int(context_features, "context_features", fn=fn)
 
-        def linear(din, dout):
-            return nnx.Linear(
-                din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-            )
-
-        self.query = linear(in_features, num_heads * head_dim)
-        self.key = linear(context_features, num_kv_heads * head_dim)
-        self.value = linear(context_features, num_kv_heads * head_dim)
-        self.out = linear(num_heads * head_dim, out_features)
-        if qk_norm:
-            norm = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-            self.q_norm = nnx.RMSNorm(head_dim, **norm)
-            self.k_norm = nnx.RMSNorm(head_dim, **norm)
+        n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
+        kw = dict(
+            use_bias=config.use_bias,
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+            rngs=rngs,
+        )
+        self.query = nnx.Linear(in_features, n * h, **kw)
+        self.key = nnx.Linear(context_features, k * h, **kw)
+        self.value = nnx.Linear(context_features, k * h, **kw)
+        self.out = nnx.Linear(n * h, out_features, **kw)
+        if config.qk_norm:
+            norm = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+            self.q_norm = nnx.RMSNorm(h, **norm)
+            self.k_norm = nnx.RMSNorm(h, **norm)
         else:
             self.q_norm = self.k_norm = None
         self.relative_bias = (
             T5RelativeBias(
-                num_heads,
-                t5_num_buckets,
-                t5_max_distance,
-                t5_bidirectional,
+                n,
+                config.t5_num_buckets,
+                config.t5_max_distance,
+                config.t5_bidirectional,
                 rngs=rngs,
-                param_dtype=param_dtype,
+                param_dtype=config.param_dtype,
             )
-            if positional == "t5"
+            if config.positional == "t5"
             else None
         )
         # Attention dropout draws its keys from here unless a call passes `rngs`.
-        self.dropout_rngs = rngs["dropout"].fork() if dropout_rate > 0 else None
+        self.dropout_rngs = rngs["dropout"].fork() if config.attention_dropout > 0 else None
+
+    @classmethod
+    def create(
+        cls,
+        in_features: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        out_features: int | None = None,
+        context_features: int | None = None,
+        rngs: nnx.Rngs,
+        **options,
+    ) -> MultiHeadAttention:
+        """A layer from keyword options: ``options`` are the other
+        :class:`AttentionConfig` fields (``num_kv_heads``, ``positional``, ``qk_norm``,
+        ``attention_dropout``, ...); ``head_dim`` defaults to ``in_features // num_heads``,
+        which must divide evenly.
+
+        Raises:
+          ValueError: an unknown option or a broken rule, naming ``MultiHeadAttention.create``.
+        """
+        fn = "MultiHeadAttention.create"
+        in_features = check_int(in_features, "in_features", fn=fn)
+        num_heads = check_int(num_heads, "num_heads", fn=fn)
+        if head_dim is None:
+            if in_features % num_heads:
+                raise ValueError(
+                    f"{fn}: in_features must be divisible by num_heads={num_heads} when "
+                    f"head_dim is None, got {in_features}."
+                )
+            head_dim = in_features // num_heads
+        config = AttentionConfig.checked(fn, num_heads=num_heads, head_dim=head_dim, **options)
+        return cls(
+            in_features,
+            config,
+            out_features=out_features,
+            context_features=context_features,
+            rngs=rngs,
+        )
+
+    @property
+    def num_heads(self) -> int:
+        """``N``."""
+        return self.config.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        """``K``."""
+        return self.config.num_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        """``H``."""
+        return self.config.head_dim
+
+    @property
+    def positional(self) -> str:
+        """``config.positional``."""
+        return self.config.positional
 
     # ------------------------------------------------------------------ pieces
 
@@ -215,60 +192,68 @@ class MultiHeadAttention(nnx.Module):
     def _rope(self, x: jax.Array, positions: jax.Array | None) -> jax.Array:
         if positions is None:
             positions = jnp.arange(x.shape[1], dtype=jnp.int32)
+        cfg = self.config
         return apply_rope(
             x,
             positions,
-            base=self.rope_base,
-            fraction=self.rope_fraction,
-            scaling=self.rope_scaling,
+            base=cfg.rope_base,
+            fraction=cfg.rope_fraction,
+            scaling=cfg.rope_scaling,
         )
 
-    def project_query(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-        """``x [B, T, D]`` -> ``q [B, T, N, H]`` (QK-norm, then RoPE at ``positions``)."""
+    def project_query(self, x: jax.Array, query_positions: jax.Array | None = None) -> jax.Array:
+        """``x [B, T, D]`` -> ``q [B, T, N, H]`` (QK-norm, then RoPE at ``query_positions``
+        ``[T]`` or ``[B, T]``, default ``arange(T)``)."""
         q = self._heads(self.query(x), self.num_heads)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.positional == "rope":
-            q = self._rope(q, positions)
+            q = self._rope(q, query_positions)
         return q
 
     def project_key_value(
-        self, context: jax.Array, positions: jax.Array | None = None
+        self, context: jax.Array, key_value_positions: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array]:
         """``context [B, S, D_c]`` -> ``(k, v)``, each ``[B, S, K, H]``.
 
-        QK-norm and RoPE (at ``positions``, default ``arange(S)``) are applied to ``k``, so
-        the result is exactly what attention consumes: cross-attention over a fixed context
-        computes it once and passes it as ``context_key_value``.
+        QK-norm and RoPE (at ``key_value_positions`` ``[S]`` or ``[B, S]``, default
+        ``arange(S)``) are applied to ``k``, so the result is exactly what attention
+        consumes: cross-attention over a fixed context computes it once and passes it as
+        ``context_key_value``.
         """
         k = self._heads(self.key(context), self.num_kv_heads)
         v = self._heads(self.value(context), self.num_kv_heads)
         if self.k_norm is not None:
             k = self.k_norm(k)
         if self.positional == "rope":
-            k = self._rope(k, positions)
+            k = self._rope(k, key_value_positions)
         return k, v
 
     def bias_fn(self, extra: Callable | None = None) -> Callable | None:
-        """The ``bias_fn`` passed to the core: this layer's ALiBi/T5 bias plus ``extra``."""
+        """The ``bias_fn(query_positions, key_value_positions)`` passed to the core: this
+        layer's ALiBi/T5 bias plus ``extra`` (``[N, T, S]`` or, for ``[B, T]`` positions,
+        ``[B, N, T, S]``)."""
         fns = []
         if self.positional == "alibi":
-            fns.append(
-                per_example_bias_fn(lambda q, k: alibi_bias(alibi_slopes(self.num_heads), q, k))
-            )
+            slopes = alibi_slopes(self.num_heads)
+            fns.append(lambda q, k: alibi_bias(slopes, q, k))
         elif self.positional == "t5":
-            fns.append(per_example_bias_fn(self.relative_bias))
+            fns.append(self.relative_bias)
         if extra is not None:
-            fns.append(per_example_bias_fn(extra))
+            fns.append(extra)
         return _sum_bias_fns(fns)
 
     def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> AttentionCache:
         """An empty self-attention cache ``[batch_size, max_len, K, H]`` with length 0.
 
-        ``dtype`` defaults to the module's ``dtype`` (float32 when None); it must equal the
-        dtype of the queries the module computes.
+        ``dtype`` defaults to ``config.dtype`` (float32 when None); keys and values are cast
+        to it when written.
         """
-        dtype = dtype or self.dtype or jnp.float32
+        fn = "MultiHeadAttention.init_cache"
+        batch_size = check_int(batch_size, "batch_size", fn=fn)
+        max_len = check_int(max_len, "max_len", fn=fn)
+        if dtype is None:
+            dtype = jnp.float32 if self.config.dtype is None else self.config.dtype
         shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
         return AttentionCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.int32(0))
 
@@ -282,12 +267,11 @@ class MultiHeadAttention(nnx.Module):
         context_key_value: tuple[jax.Array, jax.Array] | None = None,
         mask: jax.Array | None = None,
         is_causal: bool = False,
-        positions: jax.Array | None = None,
-        context_positions: jax.Array | None = None,
+        query_positions: jax.Array | None = None,
+        key_value_positions: jax.Array | None = None,
         segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
         query_seq_lengths: jax.Array | None = None,
         key_value_seq_lengths: jax.Array | None = None,
-        local_window_size: int | tuple[int, int] | None = None,
         bias_fn: Callable | None = None,
         cache: AttentionCache | None = None,
         deterministic: bool = True,
@@ -295,6 +279,8 @@ class MultiHeadAttention(nnx.Module):
         sow_weights: bool = False,
     ):
         """Attends from ``x`` to itself, to ``context``, or to a cache.
+
+        The sliding window is ``config.local_window_size``.
 
         Args:
           x: ``[B, T, D]`` queries' input.
@@ -305,20 +291,21 @@ class MultiHeadAttention(nnx.Module):
             ``S = S_max`` with a cache).
           is_causal: keys at later positions than the query are masked (positions, not
             indices, are compared, so it also holds for cached decoding).
-          positions: ``[T]`` or ``[B, T]`` int positions of ``x`` (default ``arange(T)``, or
-            ``cache.length + arange(T)`` with a cache); used by RoPE, ALiBi/T5, causality.
-          context_positions: ``[S]`` or ``[B, S]`` positions of the context keys (default
-            ``arange(S)``).
+          query_positions: ``[T]`` or ``[B, T]`` int positions of ``x`` (default
+            ``arange(T)``, or ``cache.length + arange(T)`` with a cache); used by RoPE,
+            ALiBi/T5, causality and the window. Self-attention keys sit at the same positions.
+          key_value_positions: ``[S]`` or ``[B, S]`` positions of the context keys
+            (cross-attention only; default ``arange(S)``).
           segment_ids: ``[B, T]`` (self-attention) or ``([B, T], [B, S])``: packed sequences.
           query_seq_lengths: ``[B]``; padded query rows output zeros.
           key_value_seq_lengths: ``[B]``; padded keys are masked. Not allowed with a cache
             (the cache supplies its filled length).
-          local_window_size: sliding window, as in the core.
-          bias_fn: an extra ``(q_positions, k_positions) -> [N, T, S]`` bias added to this
-            layer's own (e.g. a T5 table shared by the layers of a stack).
+          bias_fn: an extra ``(query_positions, key_value_positions) -> [N, T, S]`` (or
+            ``[B, N, T, S]``) bias added to this layer's own (e.g. a T5 table shared by the
+            layers of a stack).
           cache: :class:`AttentionCache` (self-attention only). The new ``k, v`` are written
             at slots ``cache.length ..`` and the queries attend to all filled slots; slot
-            ``i`` holds position ``i``, so custom ``positions`` must match the slots.
+            ``i`` holds position ``i``, so custom ``query_positions`` must match the slots.
           deterministic: no attention dropout when True.
           rngs: ``nnx.Rngs``, ``RngStream`` or key for attention dropout (default: the
             module's own stream).
@@ -329,44 +316,51 @@ class MultiHeadAttention(nnx.Module):
         Returns:
           ``[B, T, out_features]``; with a cache, the pair ``(output, new_cache)``.
         """
+        fn = "MultiHeadAttention"
         cross = context is not None or context_key_value is not None
         if context is not None and context_key_value is not None:
-            raise ValueError("MultiHeadAttention: pass context or context_key_value, not both.")
+            raise ValueError(f"{fn}: pass context or context_key_value, not both.")
         if cross and cache is not None:
             raise ValueError(
-                "MultiHeadAttention: cache is for self-attention; cross-attention over a "
-                "fixed context reuses context_key_value instead."
+                f"{fn}: cache is for self-attention; cross-attention over a fixed context "
+                "reuses context_key_value instead."
             )
+        if not cross and key_value_positions is not None:
+            raise ValueError(
+                f"{fn}: key_value_positions is for cross-attention; self-attention keys sit "
+                "at query_positions."
+            )
+        x = float_array(x, "x", fn=fn)
         if x.ndim != 3:
-            raise ValueError(f"MultiHeadAttention: x must be [B, T, D], got {x.shape}.")
+            raise ValueError(f"{fn}: x must be of shape [B, T, D], got {describe(x)}.")
         batch, length = x.shape[:2]
         if cache is not None:
             if key_value_seq_lengths is not None:
                 raise ValueError(
-                    "MultiHeadAttention: key_value_seq_lengths cannot be combined with a cache "
-                    "(the cache's filled length masks the empty slots)."
+                    f"{fn}: key_value_seq_lengths cannot be combined with a cache (the "
+                    "cache's filled length masks the empty slots)."
                 )
-            if positions is None:
-                positions = cache.length + jnp.arange(length, dtype=jnp.int32)
+            if query_positions is None:
+                query_positions = cache.length + jnp.arange(length, dtype=jnp.int32)
 
-        q = self.project_query(x, positions)
+        q = self.project_query(x, query_positions)
         if cross:
             if context_key_value is None:
-                context_key_value = self.project_key_value(context, context_positions)
+                context_key_value = self.project_key_value(context, key_value_positions)
             k, v = context_key_value
-            kv_positions = context_positions
         else:
-            k, v = self.project_key_value(x, positions)
-            kv_positions = positions
+            k, v = self.project_key_value(x, query_positions)
+            key_value_positions = query_positions
         if cache is not None:
             cache = cache.update(k, v)
             k, v = cache.key, cache.value
-            kv_positions = None  # slot index = position
+            key_value_positions = None  # slot index = position
             key_value_seq_lengths = jnp.broadcast_to(cache.length, (batch,))
 
+        cfg = self.config
         dropout_rate, dropout_rng = 0.0, None
-        if self.dropout_rate > 0 and not deterministic:
-            dropout_rate = self.dropout_rate
+        if cfg.attention_dropout > 0 and not deterministic:
+            dropout_rate = cfg.attention_dropout
             stream = self.dropout_rngs if rngs is None else rngs
             if isinstance(stream, nnx.Rngs):
                 stream = stream["dropout"]
@@ -380,17 +374,17 @@ class MultiHeadAttention(nnx.Module):
             is_causal=is_causal,
             query_seq_lengths=query_seq_lengths,
             key_value_seq_lengths=key_value_seq_lengths,
-            local_window_size=local_window_size,
+            local_window_size=cfg.local_window_size,
             segment_ids=segment_ids,
-            query_positions=positions,
-            key_value_positions=kv_positions,
+            query_positions=query_positions,
+            key_value_positions=key_value_positions,
             bias_fn=self.bias_fn(bias_fn),
-            softcap=self.softcap,
-            normalizer=self.normalizer,
+            softcap=cfg.softcap,
+            normalizer=cfg.normalizer,
             dropout_rate=dropout_rate,
             dropout_rng=dropout_rng,
             return_weights=sow_weights,
-            implementation="xla" if sow_weights else self.implementation,
+            implementation="xla" if sow_weights else cfg.implementation,
         )
         if sow_weights:
             out, weights = out

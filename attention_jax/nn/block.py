@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from attention_jax._checks import check_choice, check_int, check_rate, describe
 from attention_jax.nn.attention import MultiHeadAttention
 from attention_jax.nn.cache import AttentionCache
-from attention_jax.nn.config import TransformerConfig
+from attention_jax.nn.config import NORMS, AttentionConfig, TransformerConfig
 from attention_jax.nn.mlp import MLP
-from attention_jax.positional import RopeScaling
 
 __all__ = ["TransformerBlock", "make_norm"]
 
 
-def make_norm(kind: str, features: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
-    """``nnx.LayerNorm`` or ``nnx.RMSNorm`` over the last axis."""
-    if kind == "layernorm":
-        return nnx.LayerNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    if kind == "rmsnorm":
-        return nnx.RMSNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}.")
+def make_norm(
+    kind: str, features: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs, fn: str = "make_norm"
+):
+    """``nnx.LayerNorm`` (``"layernorm"``) or ``nnx.RMSNorm`` (``"rmsnorm"``) over the last
+    axis of ``[..., features]``."""
+    check_choice(kind, "norm", NORMS, fn=fn)
+    cls = nnx.LayerNorm if kind == "layernorm" else nnx.RMSNorm
+    return cls(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class TransformerBlock(nnx.Module):
@@ -35,97 +36,64 @@ class TransformerBlock(nnx.Module):
 
     Args:
       d_model: ``D``.
-      num_heads, num_kv_heads, head_dim: attention heads (see :class:`MultiHeadAttention`).
+      attention_config: :class:`AttentionConfig` of the self-attention. The cross-attention
+        (when present) uses the same options without positional encoding or window, and
+        the norms and MLP take its ``dtype``, ``param_dtype`` and ``use_bias``.
       mlp_hidden: MLP hidden width (default ``4 * D``).
       mlp: ``"gelu"``, ``"swiglu"`` or ``"relu"``.
       norm: ``"layernorm"`` or ``"rmsnorm"``.
       prenorm: pre-norm (True) or post-norm (False).
-      cross_attention: add a cross-attention sub-layer (no positional encoding of its own).
-      positional: positional option of the self-attention (``"none"``, ``"rope"``,
-        ``"alibi"``, ``"t5"``).
-      rope_base, rope_fraction, rope_scaling, t5_bidirectional, t5_num_buckets,
-        t5_max_distance, normalizer, softcap, qk_norm, use_bias, implementation: passed to
-        both attentions.
-      dropout_rate: residual dropout.
-      attention_dropout_rate: attention-weight dropout.
-      dtype, param_dtype: computation and parameter dtypes.
+      cross_attention: add a cross-attention sub-layer.
+      dropout: residual dropout rate (attention-weight dropout is
+        ``attention_config.attention_dropout``).
       rngs: ``nnx.Rngs``.
     """
 
     def __init__(
         self,
         d_model: int,
-        num_heads: int,
+        attention_config: AttentionConfig,
         *,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
         mlp_hidden: int | None = None,
         mlp: str = "gelu",
         norm: str = "layernorm",
         prenorm: bool = True,
         cross_attention: bool = False,
-        positional: str = "none",
-        rope_base: float = 10000.0,
-        rope_fraction: float = 1.0,
-        rope_scaling: RopeScaling | None = None,
-        t5_bidirectional: bool = True,
-        t5_num_buckets: int = 32,
-        t5_max_distance: int = 128,
-        normalizer: str | Callable = "softmax",
-        softcap: float | None = None,
-        qk_norm: bool = False,
-        use_bias: bool = False,
-        dropout_rate: float = 0.0,
-        attention_dropout_rate: float = 0.0,
-        implementation: str | None = None,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
+        dropout: float = 0.0,
         rngs: nnx.Rngs,
     ):
+        fn = "TransformerBlock"
+        d_model = check_int(d_model, "d_model", fn=fn)
+        if not isinstance(attention_config, AttentionConfig):
+            raise TypeError(
+                f"{fn}: attention_config must be an AttentionConfig, got "
+                f"{describe(attention_config)}."
+            )
+        mlp_hidden = 4 * d_model if mlp_hidden is None else mlp_hidden
+        mlp_hidden = check_int(mlp_hidden, "mlp_hidden", fn=fn)
+        dropout = check_rate(dropout, "dropout", fn=fn)
+        cfg = attention_config
         self.prenorm = prenorm
-        attention = dict(
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            normalizer=normalizer,
-            softcap=softcap,
-            qk_norm=qk_norm,
-            use_bias=use_bias,
-            dropout_rate=attention_dropout_rate,
-            implementation=implementation,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-        norm_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        norm_kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, fn=fn)
         self.attention_norm = make_norm(norm, d_model, **norm_kw)
-        self.attention = MultiHeadAttention(
-            d_model,
-            num_heads,
-            positional=positional,
-            rope_base=rope_base,
-            rope_fraction=rope_fraction,
-            rope_scaling=rope_scaling,
-            t5_bidirectional=t5_bidirectional,
-            t5_num_buckets=t5_num_buckets,
-            t5_max_distance=t5_max_distance,
-            **attention,
-        )
+        self.attention = MultiHeadAttention(d_model, cfg, rngs=rngs)
         if cross_attention:
+            cross = dataclasses.replace(cfg, positional="none", local_window_size=None)
             self.cross_attention_norm = make_norm(norm, d_model, **norm_kw)
-            self.cross_attention = MultiHeadAttention(d_model, num_heads, **attention)
+            self.cross_attention = MultiHeadAttention(d_model, cross, rngs=rngs)
         else:
             self.cross_attention_norm = self.cross_attention = None
         self.mlp_norm = make_norm(norm, d_model, **norm_kw)
         self.mlp = MLP(
             d_model,
-            4 * d_model if mlp_hidden is None else mlp_hidden,
+            mlp_hidden,
             kind=mlp,
-            use_bias=use_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
+            use_bias=cfg.use_bias,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
             rngs=rngs,
         )
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
     @classmethod
     def from_config(
@@ -135,35 +103,23 @@ class TransformerBlock(nnx.Module):
         cross_attention: bool = False,
         rngs: nnx.Rngs,
     ) -> TransformerBlock:
-        """A block of a model built from ``config``.
+        """A block of a model built from ``config`` (attention: ``config.attention_config``).
 
         RoPE and ALiBi live in each block's self-attention; a T5 table is shared by the
         stack (the model passes it as ``bias_fn``), so the block's attention gets ``"none"``.
         """
-        positional = config.positional if config.positional in ("rope", "alibi") else "none"
+        attention = config.attention_config
+        if attention.positional == "t5":
+            attention = dataclasses.replace(attention, positional="none")
         return cls(
             config.d_model,
-            config.num_heads,
-            num_kv_heads=config.num_kv_heads,
-            head_dim=config.head_dim,
+            attention,
             mlp_hidden=config.mlp_hidden,
             mlp=config.mlp,
             norm=config.norm,
             prenorm=config.prenorm,
             cross_attention=cross_attention,
-            positional=positional,
-            rope_base=config.rope_base,
-            rope_fraction=config.rope_fraction,
-            rope_scaling=config.rope_scaling,
-            normalizer=config.normalizer,
-            softcap=config.softcap,
-            qk_norm=config.qk_norm,
-            use_bias=config.use_bias,
-            dropout_rate=config.dropout,
-            attention_dropout_rate=config.attention_dropout,
-            implementation=config.implementation,
-            dtype=config.dtype,
-            param_dtype=config.param_dtype,
+            dropout=config.dropout,
             rngs=rngs,
         )
 
@@ -180,11 +136,12 @@ class TransformerBlock(nnx.Module):
         *,
         context: jax.Array | None = None,
         context_key_value: tuple[jax.Array, jax.Array] | None = None,
-        context_lengths: jax.Array | None = None,
+        context_seq_lengths: jax.Array | None = None,
         mask: jax.Array | None = None,
         is_causal: bool = False,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        query_seq_lengths: jax.Array | None = None,
         key_value_seq_lengths: jax.Array | None = None,
         bias_fn: Callable | None = None,
         cache: AttentionCache | None = None,
@@ -199,9 +156,16 @@ class TransformerBlock(nnx.Module):
           context: ``[B, S, D]`` encoder output for cross-attention (cross-attention blocks).
           context_key_value: precomputed cross-attention ``(k, v)`` ``[B, S, K, H]`` instead
             of ``context``.
-          context_lengths: ``[B]`` unpadded context lengths (cross-attention padding).
-          mask, is_causal, positions, segment_ids, key_value_seq_lengths, bias_fn, cache:
-            self-attention options (see :meth:`MultiHeadAttention.__call__`).
+          context_seq_lengths: ``[B]`` unpadded context lengths (the cross-attention's
+            ``key_value_seq_lengths``).
+          mask: self-attention mask broadcastable to ``[B, N, T, S]``.
+          is_causal: causal self-attention.
+          positions: ``[T]`` or ``[B, T]`` int positions of ``x`` (the self-attention's
+            ``query_positions``; its keys sit at the same positions).
+          segment_ids: ``[B, T]`` packed sequences (self-attention).
+          query_seq_lengths: ``[B]``: padded query rows of both attentions output zeros.
+          key_value_seq_lengths: ``[B]``: padded self-attention keys are masked.
+          bias_fn, cache: self-attention options (see :meth:`MultiHeadAttention.__call__`).
           deterministic: no dropout when True.
           rngs: dropout randomness (default: the modules' own streams).
           sow_weights: sow attention weights (self-attention as ``attention.attention_weights``,
@@ -216,8 +180,9 @@ class TransformerBlock(nnx.Module):
                 h,
                 mask=mask,
                 is_causal=is_causal,
-                positions=positions,
+                query_positions=positions,
                 segment_ids=segment_ids,
+                query_seq_lengths=query_seq_lengths,
                 key_value_seq_lengths=key_value_seq_lengths,
                 bias_fn=bias_fn,
                 cache=cache,
@@ -238,7 +203,8 @@ class TransformerBlock(nnx.Module):
                     h,
                     context,
                     context_key_value=context_key_value,
-                    key_value_seq_lengths=context_lengths,
+                    query_seq_lengths=query_seq_lengths,
+                    key_value_seq_lengths=context_seq_lengths,
                     deterministic=deterministic,
                     rngs=rngs,
                     sow_weights=sow_weights,

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attention_jax._checks import check_int
+
 __all__ = ["AttentionCache", "EncoderDecoderCache", "KVCache", "init_kv_cache"]
 
 
@@ -125,8 +127,8 @@ def init_kv_cache(
         ("num_kv_heads", num_kv_heads),
         ("head_dim", head_dim),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"init_kv_cache: {name} must be an int >= 1, got {value!r}.")
+        check_int(value, name, fn="init_kv_cache")
     shape = (batch_size, max_len, num_kv_heads, head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
-    return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)), jnp.int32(0))
+    key = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+    value = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+    return KVCache(key, value, jnp.int32(0))

@@ -1,4 +1,14 @@
-"""The configuration shared by the Transformer models: a frozen, validated dataclass."""
+"""The configurations of the NNX layer: frozen, validated dataclasses.
+
+* :class:`AttentionConfig`: every option of one attention layer, declared once. It is what
+  :class:`attention_jax.nn.MultiHeadAttention` and :class:`attention_jax.nn.TransformerBlock`
+  take.
+* :class:`TransformerConfig`: the flat hyperparameters of the Transformer models. Every
+  attention option is one of its keyword fields under the same name; its
+  :attr:`TransformerConfig.attention_config` is derived from those fields by name, so a new
+  attention option is one :class:`AttentionConfig` field (plus its use) and reaches the
+  models without being listed again.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +19,184 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from attention_jax.normalizers import NORMALIZERS
-from attention_jax.positional import RopeScaling, rotary_dim
+from attention_jax._checks import (
+    check_choice,
+    check_int,
+    check_positive,
+    check_rate,
+    check_softcap,
+    check_window,
+    describe,
+)
+from attention_jax.dispatch import IMPLEMENTATIONS
+from attention_jax.nn.mlp import MLP_KINDS
+from attention_jax.normalizers import get_normalizer
+from attention_jax.positional import RopeScaling, check_t5_config, rotary_dim
 
-__all__ = ["TransformerConfig", "POSITIONALS", "NORMS", "MLPS", "POOLINGS"]
+__all__ = [
+    "AttentionConfig",
+    "NORMS",
+    "POOLINGS",
+    "POSITIONALS",
+    "POSITIONAL_IN_ATTENTION",
+    "TransformerConfig",
+]
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
+POSITIONAL_IN_ATTENTION = ("none", "rope", "alibi", "t5")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu", "relu")
 POOLINGS = ("cls", "mean", "attention")
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"TransformerConfig: {name} must be an int >= {minimum}, got {value!r}.")
+def _check_dtype(value, name: str, *, fn: str, allow_none: bool):
+    """One spelling per dtype: ``jnp.bfloat16``, ``"bfloat16"`` and ``dtype("bfloat16")``
+    become the same ``numpy.dtype`` (so configs compare and serialize alike)."""
+    if value is None and allow_none:
+        return None
+    try:
+        if value is not None:
+            return jnp.dtype(value)
+    except TypeError:
+        pass
+    rule = "None or a dtype" if allow_none else "a dtype"
+    raise ValueError(f"{fn}: {name} must be {rule}, got {describe(value)}.")
 
 
-def _choice(value, name: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ValueError(f"TransformerConfig: {name} must be one of {options}, got {value!r}.")
+def _check_bool(value, name: str, *, fn: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{fn}: {name} must be a bool, got {describe(value)}.")
+    return value
+
+
+def _check_attention(values: dict[str, Any], fn: str) -> dict[str, Any]:
+    """Validates the fields of an :class:`AttentionConfig` (errors name ``fn``, the class or
+    function the user called) and returns them in canonical form."""
+    v = dict(values)
+    v["num_heads"] = check_int(v["num_heads"], "num_heads", fn=fn)
+    v["head_dim"] = check_int(v["head_dim"], "head_dim", fn=fn)
+    if v["num_kv_heads"] is None:
+        v["num_kv_heads"] = v["num_heads"]
+    v["num_kv_heads"] = check_int(v["num_kv_heads"], "num_kv_heads", fn=fn)
+    if v["num_heads"] % v["num_kv_heads"]:
+        raise ValueError(
+            f"{fn}: num_heads must be a multiple of num_kv_heads={v['num_kv_heads']}, "
+            f"got {v['num_heads']}."
+        )
+    check_choice(v["positional"], "positional", POSITIONAL_IN_ATTENTION, fn=fn)
+    v["rope_base"] = check_positive(v["rope_base"], "rope_base", fn=fn)
+    if v["rope_scaling"] is not None and not isinstance(v["rope_scaling"], RopeScaling):
+        raise ValueError(
+            f"{fn}: rope_scaling must be None or a RopeScaling, got {describe(v['rope_scaling'])}."
+        )
+    if v["positional"] == "rope":
+        rotary_dim(v["head_dim"], v["rope_fraction"], fn)
+    v["t5_bidirectional"] = _check_bool(v["t5_bidirectional"], "t5_bidirectional", fn=fn)
+    if v["positional"] == "t5":
+        check_t5_config(v["t5_num_buckets"], v["t5_max_distance"], v["t5_bidirectional"], fn)
+    for name in ("qk_norm", "use_bias"):
+        v[name] = _check_bool(v[name], name, fn=fn)
+    get_normalizer(v["normalizer"], fn=fn)
+    v["softcap"] = check_softcap(v["softcap"], fn=fn)
+    v["local_window_size"] = check_window(v["local_window_size"], fn=fn)
+    v["attention_dropout"] = check_rate(v["attention_dropout"], "attention_dropout", fn=fn)
+    check_choice(v["implementation"], "implementation", (None, *IMPLEMENTATIONS), fn=fn)
+    v["dtype"] = _check_dtype(v["dtype"], "dtype", fn=fn, allow_none=True)
+    v["param_dtype"] = _check_dtype(v["param_dtype"], "param_dtype", fn=fn, allow_none=False)
+    return v
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AttentionConfig:
+    """Every option of one attention layer (all keyword-only; validated, frozen, hashable).
+
+    Shape letters: ``N`` query heads, ``K`` key/value heads, ``H`` head dim.
+
+    Attributes:
+      num_heads: ``N``.
+      head_dim: ``H``.
+      num_kv_heads: ``K``; None means ``N`` and is resolved to it (``N % K == 0``; ``K == 1``
+        is multi-query attention).
+      positional: position information inside attention: ``"none"`` (absolute encodings
+        live in the embedding, or NoPE), ``"rope"`` (:func:`attention_jax.apply_rope` on q
+        and k), ``"alibi"`` (:func:`attention_jax.alibi_bias`) or ``"t5"`` (a learned
+        :class:`attention_jax.nn.T5RelativeBias` table owned by the layer).
+      rope_base, rope_fraction, rope_scaling: RoPE options (:func:`attention_jax.apply_rope`).
+      t5_num_buckets, t5_max_distance, t5_bidirectional: the T5 table's options
+        (:func:`attention_jax.t5_relative_bias`).
+      qk_norm: RMSNorm over ``H`` on every q and k head (before RoPE).
+      normalizer: ``"softmax"``, ``"softmax_one"``, ``"sparsemax"``, ``"sigmoid"`` or a
+        callable (see :data:`attention_jax.NORMALIZERS`).
+      softcap: optional attention-logit softcap (a number > 0).
+      local_window_size: optional sliding window, an int or ``(left, right)``: the query at
+        position ``i`` sees keys at positions ``[i - left, i + right]``; canonicalized to a
+        pair.
+      attention_dropout: attention-weight dropout rate in ``[0, 1)``.
+      use_bias: biases in the q, k, v and output projections.
+      implementation: the core's attention path (None = choose; see
+        :func:`attention_jax.select_implementation`).
+      dtype: computation dtype of the projections (None: from inputs and params). With
+        ``bfloat16`` the logits and the normalizer still run in float32 in the core.
+      param_dtype: dtype of the parameters.
+
+    Raises:
+      ValueError: naming the offending field, e.g.
+        ``"AttentionConfig: num_heads must be a multiple of num_kv_heads=3, got 4."``
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    positional: str = "none"
+    rope_base: float = 10000.0
+    rope_fraction: float = 1.0
+    rope_scaling: RopeScaling | None = None
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
+    t5_bidirectional: bool = True
+    qk_norm: bool = False
+    normalizer: str | Callable = "softmax"
+    softcap: float | None = None
+    local_window_size: int | tuple[int, int] | None = None
+    attention_dropout: float = 0.0
+    use_bias: bool = False
+    implementation: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in _check_attention(values, type(self).__name__).items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def checked(cls, fn: str, **options) -> AttentionConfig:
+        """``AttentionConfig(**options)`` with errors naming ``fn``, the function the user
+        called (e.g. ``"MultiHeadAttention.create"``); unknown options raise a ValueError
+        that lists the known ones."""
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(options) - {f.name for f in fields})
+        if unknown:
+            raise ValueError(
+                f"{fn}: unknown attention options {unknown}; the options are the fields of "
+                f"AttentionConfig: {sorted(f.name for f in fields)}."
+            )
+        for f in fields:
+            if f.default is dataclasses.MISSING and f.name not in options:
+                raise ValueError(f"{fn}: {f.name} is required.")
+        values = {f.name: options.get(f.name, f.default) for f in fields}
+        return cls(**_check_attention(values, fn))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TransformerConfig:
     """Hyperparameters of :class:`TransformerLM`, :class:`TransformerEncoder`,
-    :class:`TransformerClassifier` and :class:`EncoderDecoder` (all keyword-only).
+    :class:`TransformerClassifier` and :class:`EncoderDecoder` (all keyword-only, flat).
+
+    The attention options are the fields that :class:`AttentionConfig` has under the same
+    name (``num_heads``, ``num_kv_heads``, ``head_dim``, ``rope_*``, ``t5_*``, ``qk_norm``,
+    ``normalizer``, ``softcap``, ``local_window_size``, ``attention_dropout``, ``use_bias``,
+    ``implementation``, ``dtype``, ``param_dtype``); they are validated by the same rules
+    and collected in :attr:`attention_config`.
 
     Attributes:
       vocab_size: ``V``.
@@ -50,7 +213,8 @@ class TransformerConfig:
         and k), ``"alibi"``/``"t5"`` (attention bias; one T5 table per stack, shared by its
         layers), ``"none"`` (NoPE).
       rope_base, rope_fraction, rope_scaling: RoPE options (:func:`attention_jax.apply_rope`).
-      t5_num_buckets, t5_max_distance: T5 bias options.
+      t5_num_buckets, t5_max_distance: T5 bias options (valid for both directions: encoders
+        use a bidirectional table, decoders a causal one).
       norm: ``"layernorm"`` or ``"rmsnorm"``.
       mlp: ``"gelu"``, ``"swiglu"`` or ``"relu"`` (the 2017 architecture).
       prenorm: pre-norm blocks with a final norm (True) or post-norm blocks (2017).
@@ -62,6 +226,8 @@ class TransformerConfig:
       qk_norm: RMSNorm on q and k heads.
       normalizer: attention normalizer name or callable.
       softcap: optional attention-logit softcap.
+      local_window_size: optional sliding window of every self-attention layer, an int or
+        ``(left, right)`` (a causal model needs only ``left``; canonicalized to a pair).
       num_encoder_layers, num_decoder_layers: encoder-decoder depths (default ``num_layers``).
       num_classes: classes of :class:`TransformerClassifier`.
       pooling: classifier pooling, ``"cls"`` (a learned token prepended at position 0),
@@ -72,8 +238,8 @@ class TransformerConfig:
       implementation: attention implementation passed to the core (None = choose).
 
     Raises:
-      ValueError: naming the offending field, e.g. ``d_model % num_heads != 0`` without
-        ``head_dim``, ``num_heads % num_kv_heads != 0``, an unknown positional/norm/mlp.
+      ValueError: naming the offending field in the shared style, e.g.
+        ``"TransformerConfig: num_heads must be an int >= 1, got 0."``
     """
 
     vocab_size: int
@@ -101,6 +267,7 @@ class TransformerConfig:
     qk_norm: bool = False
     normalizer: str | Callable = "softmax"
     softcap: float | None = None
+    local_window_size: int | tuple[int, int] | None = None
     num_encoder_layers: int | None = None
     num_decoder_layers: int | None = None
     num_classes: int | None = None
@@ -110,78 +277,73 @@ class TransformerConfig:
     implementation: str | None = None
 
     def __post_init__(self):
-        # One spelling per dtype (jnp.bfloat16, "bfloat16" and dtype("bfloat16") compare and
-        # serialize alike).
-        for name in ("dtype", "param_dtype"):
-            try:
-                object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
-            except TypeError:
-                raise ValueError(
-                    f"TransformerConfig: {name} must be a dtype, got {getattr(self, name)!r}."
-                ) from None
+        fn = type(self).__name__
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_len"):
-            _positive_int(getattr(self, name), name)
-        if self.num_kv_heads is not None:
-            _positive_int(self.num_kv_heads, "num_kv_heads")
-            if self.num_heads % self.num_kv_heads:
-                raise ValueError(
-                    f"TransformerConfig: num_heads={self.num_heads} must be a multiple of "
-                    f"num_kv_heads={self.num_kv_heads}."
-                )
-        if self.head_dim is not None:
-            _positive_int(self.head_dim, "head_dim")
-        elif self.d_model % self.num_heads:
+            check_int(getattr(self, name), name, fn=fn)
+        if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
-                f"TransformerConfig: d_model={self.d_model} is not divisible by "
-                f"num_heads={self.num_heads}; set head_dim explicitly."
+                f"{fn}: d_model must be divisible by num_heads={self.num_heads} when "
+                f"head_dim is None, got {self.d_model}."
             )
-        if not self.mlp_ratio > 0 or int(self.mlp_ratio * self.d_model) < 1:
-            raise ValueError(f"TransformerConfig: mlp_ratio must be > 0, got {self.mlp_ratio!r}.")
-        _choice(self.positional, "positional", POSITIONALS)
-        _choice(self.norm, "norm", NORMS)
-        _choice(self.mlp, "mlp", MLPS)
-        _choice(self.pooling, "pooling", POOLINGS)
+        check_positive(self.mlp_ratio, "mlp_ratio", fn=fn)
+        if int(self.mlp_ratio * self.d_model) < 1:
+            raise ValueError(
+                f"{fn}: mlp_ratio must give an MLP width int(mlp_ratio * d_model) >= 1, "
+                f"got {self.mlp_ratio!r}."
+            )
+        check_choice(self.positional, "positional", POSITIONALS, fn=fn)
+        check_choice(self.norm, "norm", NORMS, fn=fn)
+        check_choice(self.mlp, "mlp", MLP_KINDS, fn=fn)
+        check_choice(self.pooling, "pooling", POOLINGS, fn=fn)
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ValueError(
-                f"TransformerConfig: positional='sinusoidal' needs an even d_model, "
-                f"got {self.d_model}."
+                f"{fn}: d_model must be even for positional='sinusoidal', got {self.d_model}."
             )
-        if self.positional == "rope":
-            rotary_dim(self.head_size, self.rope_fraction, "TransformerConfig")
-        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
-            raise ValueError(
-                f"TransformerConfig: rope_scaling must be a RopeScaling or None, "
-                f"got {self.rope_scaling!r}."
-            )
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(
-                    f"TransformerConfig: {name} must be in [0, 1), got {getattr(self, name)!r}."
-                )
-        if not callable(self.normalizer) and self.normalizer not in NORMALIZERS:
-            raise ValueError(
-                f"TransformerConfig: normalizer must be one of {sorted(NORMALIZERS)} or a "
-                f"callable, got {self.normalizer!r}."
-            )
-        if self.softcap is not None and not self.softcap > 0:
-            raise ValueError(f"TransformerConfig: softcap must be None or > 0, got {self.softcap}.")
+        for name in ("prenorm", "tie_embeddings", "scale_embeddings"):
+            _check_bool(getattr(self, name), name, fn=fn)
+        object.__setattr__(self, "dropout", check_rate(self.dropout, "dropout", fn=fn))
         for name in ("num_encoder_layers", "num_decoder_layers", "num_classes"):
             if getattr(self, name) is not None:
-                _positive_int(getattr(self, name), name)
+                check_int(getattr(self, name), name, fn=fn)
+
+        # The attention options: the AttentionConfig fields this config has, by name.
+        values = {name: getattr(self, name) for name in _SHARED_FIELDS}
+        if self.head_dim is None:
+            values["head_dim"] = self.d_model // self.num_heads
+        values["positional"] = (
+            self.positional if self.positional in POSITIONAL_IN_ATTENTION else "none"
+        )
+        attention = AttentionConfig.checked(fn, **values)
+        if self.positional == "t5":  # decoders use a causal table
+            check_t5_config(self.t5_num_buckets, self.t5_max_distance, False, fn)
+        for name in _SHARED_FIELDS - {"num_kv_heads", "head_dim", "positional"}:
+            object.__setattr__(self, name, getattr(attention, name))  # canonical form
+        object.__setattr__(self, "_attention_config", attention)
+
+    @property
+    def attention_config(self) -> AttentionConfig:
+        """The :class:`AttentionConfig` of the models' self-attention layers, built from the
+        fields of the same names, with ``num_kv_heads`` and ``head_dim`` resolved to ints and
+        ``positional`` mapped to where it acts in attention (``"learned"``/``"sinusoidal"``
+        -> ``"none"``; the models build their layers with ``"none"`` for ``"t5"`` too and pass
+        one table per stack as ``bias_fn``)."""
+        return self._attention_config
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field as a JSON-ready value: dtypes by name (``"bfloat16"``) and
-        ``rope_scaling`` as a dict. A callable ``normalizer`` has no JSON form: ValueError."""
+        """Every field as a JSON-ready value: dtypes by name (``"bfloat16"``), ``rope_scaling``
+        as a dict. A callable ``normalizer`` has no JSON form: ValueError."""
         if callable(self.normalizer):
             raise ValueError(
                 "TransformerConfig.to_dict: normalizer must be a name to be serialized, got "
                 f"the callable {self.normalizer!r}."
             )
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["dtype"] = jnp.dtype(self.dtype).name
-        out["param_dtype"] = jnp.dtype(self.param_dtype).name
+        for name in ("dtype", "param_dtype"):
+            out[name] = None if out[name] is None else out[name].name
         if self.rope_scaling is not None:
             out["rope_scaling"] = dataclasses.asdict(self.rope_scaling)
+        if self.local_window_size is not None:
+            out["local_window_size"] = list(self.local_window_size)
         return out
 
     @classmethod
@@ -194,9 +356,6 @@ class TransformerConfig:
                 f"TransformerConfig.from_dict: unknown fields {unknown}; known: {sorted(known)}."
             )
         d = dict(d)
-        for name in ("dtype", "param_dtype"):
-            if name in d:
-                d[name] = jnp.dtype(d[name])
         if isinstance(d.get("rope_scaling"), dict):
             d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
         return cls(**d)
@@ -212,16 +371,6 @@ class TransformerConfig:
         return cls.from_dict(json.loads(s))
 
     @property
-    def kv_heads(self) -> int:
-        """``K``: ``num_kv_heads`` or ``num_heads``."""
-        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
-
-    @property
-    def head_size(self) -> int:
-        """``H``: ``head_dim`` or ``d_model // num_heads``."""
-        return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
-
-    @property
     def mlp_hidden(self) -> int:
         """MLP hidden width ``int(mlp_ratio * d_model)``."""
         return int(self.mlp_ratio * self.d_model)
@@ -233,3 +382,9 @@ class TransformerConfig:
     @property
     def decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+
+# The attention options TransformerConfig has: every AttentionConfig field it names alike.
+_SHARED_FIELDS = frozenset(f.name for f in dataclasses.fields(AttentionConfig)) & frozenset(
+    f.name for f in dataclasses.fields(TransformerConfig)
+)

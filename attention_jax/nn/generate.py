@@ -17,8 +17,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from attention_jax.nn.checks import validate_tokens
-from attention_jax.nn.transformer import EncoderDecoder, TransformerLM
+from attention_jax._checks import check_int, describe, is_real
+from attention_jax.nn.checks import check_int_in, check_tokens, validate_tokens
+from attention_jax.nn.encoder_decoder import EncoderDecoder
+from attention_jax.nn.lm import TransformerLM
 from attention_jax.normalizers import softmax
 
 __all__ = ["generate", "sample_logits"]
@@ -175,64 +177,58 @@ def generate(
         cache capacity), ids outside the vocabulary, bad sampling options, a missing ``rng``.
       TypeError: an unsupported model or non-integer prompt.
     """
+    fn = "generate"
     if not isinstance(model, TransformerLM | EncoderDecoder):
         raise TypeError(
-            f"generate: model must be a TransformerLM or EncoderDecoder, got {type(model).__name__}."
+            f"{fn}: model must be a TransformerLM or EncoderDecoder, got {type(model).__name__}."
         )
     cfg = model.config
     encdec = isinstance(model, EncoderDecoder)
-    prompt = validate_tokens(prompt, cfg.vocab_size, name="prompt")
-    if prompt.ndim != 2 or prompt.shape[1] < 1:
-        raise ValueError(f"generate: prompt must be [B, T0] with T0 >= 1, got {prompt.shape}.")
-    prompt_len = prompt.shape[1]
-    if (
-        not isinstance(max_new_tokens, int)
-        or isinstance(max_new_tokens, bool)
-        or max_new_tokens < 0
-    ):
-        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}.")
-    if prompt_len > cfg.max_len:
-        raise ValueError(
-            f"generate: prompt length {prompt_len} is longer than max_len={cfg.max_len}."
-        )
-    if prompt_len + max_new_tokens > cfg.max_len:
-        raise ValueError(
-            f"generate: prompt length {prompt_len} + max_new_tokens {max_new_tokens} = "
-            f"{prompt_len + max_new_tokens} overflows the KV cache (max_len={cfg.max_len})."
-        )
+    prompt = check_tokens(prompt, "prompt", fn=fn, max_len=cfg.max_len)
+    prompt = validate_tokens(prompt, cfg.vocab_size, name="prompt", fn=fn)
+    batch, prompt_len = prompt.shape
+    if prompt_len < 1:
+        raise ValueError(f"{fn}: prompt must have length T0 >= 1, got {describe(prompt)}.")
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", fn=fn, minimum=0)
+    check_int_in(
+        max_new_tokens,
+        "max_new_tokens",
+        fn=fn,
+        low=0,
+        high=cfg.max_len - prompt_len,
+        why=f" (max_len={cfg.max_len} - prompt length {prompt_len}: the KV cache capacity)",
+    )
     if encdec:
         if src_tokens is None:
-            raise ValueError("generate: an EncoderDecoder needs src_tokens.")
-        src_tokens = validate_tokens(src_tokens, cfg.vocab_size, name="src_tokens")
-        if src_tokens.ndim != 2 or src_tokens.shape[0] != prompt.shape[0]:
+            raise ValueError(f"{fn}: src_tokens must be given for an EncoderDecoder, got None.")
+        src_tokens = check_tokens(src_tokens, "src_tokens", fn=fn, max_len=cfg.max_len)
+        src_tokens = validate_tokens(src_tokens, cfg.vocab_size, name="src_tokens", fn=fn)
+        if src_tokens.shape[0] != batch:
             raise ValueError(
-                f"generate: src_tokens must be [B, S] with B={prompt.shape[0]}, "
-                f"got {src_tokens.shape}."
+                f"{fn}: src_tokens must be of shape [B, S] with the prompt's B={batch}, "
+                f"got {describe(src_tokens)}."
             )
         if src_lengths is not None:
             src_lengths = jnp.asarray(src_lengths, jnp.int32)
     elif src_tokens is not None or src_lengths is not None:
-        raise ValueError("generate: src_tokens/src_lengths are for an EncoderDecoder.")
-    if (
-        not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-        or temperature < 0
-    ):
-        raise ValueError(f"generate: temperature must be a float >= 0, got {temperature!r}.")
-    greedy = temperature == 0
-    if top_k is not None and (
-        not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= cfg.vocab_size
-    ):
-        raise ValueError(f"generate: top_k must be an int in [1, {cfg.vocab_size}], got {top_k!r}.")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}.")
-    if eos_id is not None and not (isinstance(eos_id, int) and 0 <= eos_id < cfg.vocab_size):
         raise ValueError(
-            f"generate: eos_id must be an int in [0, {cfg.vocab_size}), got {eos_id!r}."
+            f"{fn}: src_tokens and src_lengths must be None for a {type(model).__name__} "
+            "(they are for an EncoderDecoder)."
         )
+    if not is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"{fn}: temperature must be a finite number >= 0, got {temperature!r}.")
+    greedy = temperature == 0
+    if top_k is not None:
+        check_int_in(top_k, "top_k", fn=fn, low=1, high=cfg.vocab_size, why=" (vocab_size)")
+    if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
+        raise ValueError(f"{fn}: top_p must be None or a number in (0, 1], got {top_p!r}.")
+    if eos_id is not None:
+        check_int_in(eos_id, "eos_id", fn=fn, low=0, high=cfg.vocab_size - 1, why=" (an id)")
     if rng is None:
         if not greedy:
-            raise ValueError("generate: sampling (temperature > 0) needs rng, a jax.random key.")
+            raise ValueError(
+                f"{fn}: rng must be a jax.random key when sampling (temperature > 0), got None."
+            )
         rng = jax.random.key(0)  # unused by greedy decoding
     if max_new_tokens == 0:
         return prompt

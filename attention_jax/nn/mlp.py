@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attention_jax._checks import check_choice
+
 __all__ = ["MLP", "MLP_KINDS"]
 
 MLP_KINDS = ("gelu", "swiglu", "relu")
@@ -39,8 +41,7 @@ class MLP(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if kind not in MLP_KINDS:
-            raise ValueError(f"MLP: kind must be one of {MLP_KINDS}, got {kind!r}.")
+        check_choice(kind, "kind", MLP_KINDS, fn="MLP")
         self.kind = kind
         kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.up = nnx.Linear(features, hidden_features, **kw)

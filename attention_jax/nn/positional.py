@@ -10,16 +10,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
+from attention_jax._checks import check_int, int_array
 from attention_jax.positional import check_t5_config, t5_relative_bias
 
 __all__ = ["LearnedPositionalEmbedding", "T5RelativeBias"]
 
 _default_init = nnx.initializers.normal(stddev=0.02)
-
-
-def _check_positive_int(value, name: str, owner: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be an int >= 1; got {name}={value!r}")
 
 
 class LearnedPositionalEmbedding(nnx.Module):
@@ -50,20 +46,13 @@ class LearnedPositionalEmbedding(nnx.Module):
         param_dtype: jnp.dtype = jnp.float32,
         embedding_init: nnx.Initializer = _default_init,
     ):
-        _check_positive_int(max_len, "max_len", "LearnedPositionalEmbedding")
-        _check_positive_int(dim, "dim", "LearnedPositionalEmbedding")
-        self.max_len = max_len
-        self.dim = dim
+        self.max_len = check_int(max_len, "max_len", fn="LearnedPositionalEmbedding")
+        self.dim = check_int(dim, "dim", fn="LearnedPositionalEmbedding")
         self.embedding = nnx.Param(embedding_init(rngs.params(), (max_len, dim), param_dtype))
 
     def __call__(self, positions: ArrayLike) -> jax.Array:
         """Looks up integer ``positions [...]``; returns ``[..., dim]`` in ``param_dtype``."""
-        positions = jnp.asarray(positions)
-        if not jnp.issubdtype(positions.dtype, jnp.integer):
-            raise TypeError(
-                "LearnedPositionalEmbedding: positions must be an integer array; "
-                f"got dtype {positions.dtype}"
-            )
+        positions = int_array(positions, "positions", fn="LearnedPositionalEmbedding")
         index = jnp.clip(positions, 0, self.max_len - 1)
         return jnp.take(self.embedding[...], index, axis=0)
 
@@ -72,7 +61,8 @@ class T5RelativeBias(nnx.Module):
     """T5's learned relative-position bias ``[num_buckets, num_heads]``.
 
     Calling it gives the ``[N, T, S]`` bias of :func:`attention_jax.t5_relative_bias`, so
-    the bound method works directly as a ``bias_fn(q_positions, k_positions)``. T5 shares
+    the bound method works directly as a
+    ``bias_fn(query_positions, key_value_positions)``. T5 shares
     one such table across all layers of a stack.
 
     Args:
@@ -99,20 +89,20 @@ class T5RelativeBias(nnx.Module):
         param_dtype: jnp.dtype = jnp.float32,
         embedding_init: nnx.Initializer = _default_init,
     ):
-        _check_positive_int(num_heads, "num_heads", "T5RelativeBias")
+        self.num_heads = check_int(num_heads, "num_heads", fn="T5RelativeBias")
         check_t5_config(num_buckets, max_distance, bidirectional, "T5RelativeBias")
-        self.num_heads = num_heads
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.bidirectional = bidirectional
         self.table = nnx.Param(embedding_init(rngs.params(), (num_buckets, num_heads), param_dtype))
 
-    def __call__(self, q_positions: ArrayLike, k_positions: ArrayLike) -> jax.Array:
-        """Integer ``q_positions [T]``, ``k_positions [S]`` -> bias ``[N, T, S]``."""
+    def __call__(self, query_positions: ArrayLike, key_value_positions: ArrayLike) -> jax.Array:
+        """Integer ``query_positions [T]``, ``key_value_positions [S]`` -> bias ``[N, T, S]``
+        (``[B, T]`` / ``[B, S]`` positions give ``[B, N, T, S]``)."""
         return t5_relative_bias(
             self.table[...],
-            q_positions,
-            k_positions,
+            query_positions,
+            key_value_positions,
             bidirectional=self.bidirectional,
             max_distance=self.max_distance,
         )
