@@ -7,6 +7,7 @@ and ``generate`` are in :mod:`attention_jax.nn`, training in :mod:`attention_jax
 __version__ = "0.1.0"
 
 # --- functional core (each line re-exports one module's public names) ---
+from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.attention import additive_attention, attention_pool, dot_product_attention
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention, merge_attention
@@ -18,6 +19,16 @@ from attention_jax.masks import (
     segment_mask,
     sliding_window_mask,
 )
+from attention_jax.normalizers import (
+    NORMALIZERS,
+    get_normalizer,
+    log_softmax,
+    sigmoid,
+    softcap,
+    softmax,
+    softmax_one,
+    sparsemax,
+)
 from attention_jax.positional import (
     RopeScaling,
     alibi_bias,
@@ -28,16 +39,6 @@ from attention_jax.positional import (
     sinusoidal_encoding,
     t5_relative_bias,
     t5_relative_position_bucket,
-)
-from attention_jax.normalizers import (
-    NORMALIZERS,
-    get_normalizer,
-    log_softmax,
-    sigmoid,
-    softcap,
-    softmax,
-    softmax_one,
-    sparsemax,
 )
 
 

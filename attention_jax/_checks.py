@@ -143,8 +143,12 @@ def check_window(local_window_size, *, fn: str) -> tuple[int, int] | None:
             pair = ()
     if len(pair) != 2 or not all(is_int(w) and w >= 0 for w in pair):
         raise ValueError(
-            _error(fn, "local_window_size", "an int >= 0 or a (left, right) pair of them",
-                   local_window_size)
+            _error(
+                fn,
+                "local_window_size",
+                "an int >= 0 or a (left, right) pair of them",
+                local_window_size,
+            )
         )
     return int(pair[0]), int(pair[1])
 

@@ -7,17 +7,21 @@ with the argument's name and the shapes involved.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention_jax.masks import _window
+from attention_jax import _checks
+
+__all__ = ["AttentionInputs", "canonicalize_attention_inputs"]
 
 
 class AttentionInputs(NamedTuple):
-    """Attention arguments in canonical batched form.
+    """One attention call in canonical batched form: what every path (materialized, flash,
+    fused kernels) and :func:`attention_jax.select_implementation` consume.
 
     Attributes:
       query: ``[B, T, N, H]``.
@@ -25,80 +29,43 @@ class AttentionInputs(NamedTuple):
       value: ``[B, S, K, H]``.
       bias: ``[B|1, N|1, T|1, S|1]`` float, or None.
       mask: ``[B|1, N|1, T|1, S|1]`` bool, or None.
-      scale: the logit scale (a Python float).
+      scale: the logit scale (a Python float, or a traced scalar).
+      is_causal: a Python bool.
       query_seq_lengths: ``[B]`` int, or None.
       key_value_seq_lengths: ``[B]`` int, or None.
       local_window_size: ``(left, right)`` or None.
-      q_segment_ids: ``[B, T]`` int, or None.
-      kv_segment_ids: ``[B, S]`` int, or None.
-      q_positions: ``[T]`` or ``[B, T]`` int, or None (positions = indices).
-      kv_positions: ``[S]`` or ``[B, S]`` int, or None.
+      query_segment_ids: ``[B, T]`` int, or None.
+      key_value_segment_ids: ``[B, S]`` int, or None.
+      query_positions: ``[T]`` or ``[B, T]`` int, or None (positions = indices).
+      key_value_positions: ``[S]`` or ``[B, S]`` int, or None.
+      bias_fn: ``(query_positions, key_value_positions) -> bias``, or None.
+      softcap: a positive Python float, or None.
       unbatched: True when the caller passed ``[T, N, H]`` arrays.
     """
 
     query: jax.Array
     key: jax.Array
     value: jax.Array
-    bias: jax.Array | None
-    mask: jax.Array | None
-    scale: Any
-    query_seq_lengths: jax.Array | None
-    key_value_seq_lengths: jax.Array | None
-    local_window_size: tuple[int, int] | None
-    q_segment_ids: jax.Array | None
-    kv_segment_ids: jax.Array | None
-    q_positions: jax.Array | None
-    kv_positions: jax.Array | None
-    unbatched: bool
+    bias: jax.Array | None = None
+    mask: jax.Array | None = None
+    scale: Any = None
+    is_causal: bool = False
+    query_seq_lengths: jax.Array | None = None
+    key_value_seq_lengths: jax.Array | None = None
+    local_window_size: tuple[int, int] | None = None
+    query_segment_ids: jax.Array | None = None
+    key_value_segment_ids: jax.Array | None = None
+    query_positions: jax.Array | None = None
+    key_value_positions: jax.Array | None = None
+    bias_fn: Callable | None = None
+    softcap: float | None = None
+    unbatched: bool = False
 
     @property
     def dims(self) -> tuple[int, int, int, int, int, int]:
         """``(B, T, S, N, K, H)``."""
         b, t, n, h = self.query.shape
         return b, t, self.key.shape[1], n, self.key.shape[2], h
-
-
-def _float_array(x, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"{name} must be a floating-point array, got dtype {x.dtype} (shape {x.shape})."
-        )
-    return x
-
-
-def _int_array(x, name: str, shape: tuple[int, ...] | None = None) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype} (shape {x.shape}).")
-    if shape is not None and x.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {x.shape}.")
-    return x
-
-
-def _broadcastable(x: jax.Array, name: str, target: tuple[int, ...], unbatched: bool) -> jax.Array:
-    """Left-pads ``x`` to rank 4 and checks it broadcasts to ``target`` = ``[B, N, T, S]``."""
-    if x.ndim > 4:
-        raise ValueError(
-            f"{name} must have rank <= 4 to broadcast to [B, N, T, S]={target}, got {x.shape}."
-        )
-    x4 = x.reshape((1,) * (4 - x.ndim) + x.shape)
-    if any(d not in (1, t) for d, t in zip(x4.shape, target, strict=True)):
-        shown = target[1:] if unbatched else target
-        what = "[N, T, S]" if unbatched else "[B, N, T, S]"
-        raise ValueError(f"{name} of shape {x.shape} does not broadcast to {what}={shown}.")
-    return x4
-
-
-def _positions(x, name: str, batch: int, length: int) -> jax.Array | None:
-    if x is None:
-        return None
-    x = _int_array(x, name)
-    if x.shape not in ((length,), (batch, length)):
-        raise ValueError(
-            f"{name} must have shape [{length}] or [{batch}, {length}], got {x.shape}."
-        )
-    return x
 
 
 def canonicalize_attention_inputs(
@@ -109,85 +76,85 @@ def canonicalize_attention_inputs(
     mask=None,
     *,
     scale=None,
+    is_causal: bool = False,
     query_seq_lengths=None,
     key_value_seq_lengths=None,
     local_window_size=None,
     segment_ids=None,
     query_positions=None,
     key_value_positions=None,
+    bias_fn: Callable | None = None,
+    softcap=None,
+    fn: str = "dot_product_attention",
 ) -> AttentionInputs:
     """Validates attention arguments and returns them batched, with masks split out.
 
     Args follow :func:`attention_jax.dot_product_attention`. ``segment_ids`` is ``[B, T]``
-    (self-attention, ``T == S``) or a pair ``([B, T], [B, S])``.
+    (self-attention, ``T == S``) or a pair ``([B, T], [B, S])``. ``fn`` names the public
+    function in error messages.
 
     Raises:
       TypeError: integer query/key/value/bias, a non-boolean mask, non-integer lengths,
-        segment ids or positions, mixed query/key/value dtypes.
+        segment ids or positions, mixed query/key/value dtypes, a traced softcap.
       ValueError: ranks other than 3 or 4 or that differ, mismatched batch, head dim or key/value
         length, ``N % K != 0``, a bias or mask that does not broadcast to ``[B, N, T, S]``,
-        lengths not ``[B]``, bad window sizes.
+        lengths not ``[B]``, bad window sizes, a softcap that is not positive, a non-finite
+        scale.
     """
-    query = _float_array(query, "query")
-    key = _float_array(key, "key")
-    value = _float_array(value, "value")
-    ranks = (query.ndim, key.ndim, value.ndim)
-    if len(set(ranks)) != 1:
+    query = _checks.float_array(query, "query", fn=fn)
+    key = _checks.float_array(key, "key", fn=fn)
+    value = _checks.float_array(value, "value", fn=fn)
+    shapes = f"query {query.shape}, key {key.shape}, value {value.shape}"
+    if query.ndim not in (3, 4) or not query.ndim == key.ndim == value.ndim:
         raise ValueError(
-            "query, key and value must have the same rank, got "
-            f"query {query.shape}, key {key.shape}, value {value.shape}."
-        )
-    if query.ndim not in (3, 4):
-        raise ValueError(
-            f"query, key and value must be [B, T, N, H] or unbatched [T, N, H], got query {query.shape}."
+            f"{fn}: query, key and value must be of shape [B, T, N, H], [B, S, K, H], "
+            f"[B, S, K, H] (or all unbatched), got {shapes}."
         )
     unbatched = query.ndim == 3
     if unbatched:
         query, key, value = query[None], key[None], value[None]
     if not (query.dtype == key.dtype == value.dtype):
         raise TypeError(
-            f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}."
+            f"{fn}: query, key and value must share a dtype, got {query.dtype}, {key.dtype}, "
+            f"{value.dtype}."
         )
     b, t, n, h = query.shape
     bk, s, k, hk = key.shape
     if hk != h:
-        raise ValueError(f"head dim of key {key.shape} must equal head dim of query {query.shape}.")
-    if value.shape[1] != s:
-        raise ValueError(
-            f"key and value must have the same sequence length, got key {key.shape}, value {value.shape}."
-        )
+        raise ValueError(f"{fn}: key must have the head dim H={h} of query, got {shapes}.")
     if value.shape != key.shape:
-        raise ValueError(
-            f"value must have the shape of key, got key {key.shape}, value {value.shape}."
-        )
+        raise ValueError(f"{fn}: value must have the shape of key, got {shapes}.")
     if bk != b:
-        raise ValueError(f"query {query.shape} and key {key.shape} have different batch sizes.")
+        raise ValueError(f"{fn}: key must have the batch size B={b} of query, got {shapes}.")
     if k == 0 or n % k != 0:
         raise ValueError(
-            f"number of query heads N={n} must be a multiple of key/value heads K={k} "
-            f"(query {query.shape}, key {key.shape})."
+            f"{fn}: the number of query heads N={n} must be a multiple of the key/value heads "
+            f"K={k}, got {shapes}."
         )
     target = (b, n, t, s)
+    what = "[N, T, S]" if unbatched else "[B, N, T, S]"
+
+    def logits_shaped(x, name):
+        shown = target[1:] if unbatched else target
+        x = _checks.broadcastable(x, name, shown, fn=fn, what=what)
+        return x[None] if unbatched else x
+
     if bias is not None:
-        bias = _broadcastable(_float_array(bias, "bias"), "bias", target, unbatched)
+        bias = logits_shaped(_checks.float_array(bias, "bias", fn=fn), "bias")
     if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(
-                f"mask must be boolean (True = attend; pass additive masks as bias), got dtype {mask.dtype}."
-            )
-        mask = _broadcastable(mask, "mask", target, unbatched)
-    if unbatched:
-        if query_seq_lengths is not None:
-            query_seq_lengths = jnp.reshape(query_seq_lengths, (1,))
-        if key_value_seq_lengths is not None:
-            key_value_seq_lengths = jnp.reshape(key_value_seq_lengths, (1,))
-    if query_seq_lengths is not None:
-        query_seq_lengths = _int_array(query_seq_lengths, "query_seq_lengths", (b,))
-    if key_value_seq_lengths is not None:
-        key_value_seq_lengths = _int_array(key_value_seq_lengths, "key_value_seq_lengths", (b,))
-    if local_window_size is not None:
-        local_window_size = _window(local_window_size)
+        mask = _checks.bool_array(
+            mask, "mask", fn=fn, hint=" (True = attend; pass additive masks as bias)"
+        )
+        mask = logits_shaped(mask, "mask")
+    lengths = {}
+    for name, x in (
+        ("query_seq_lengths", query_seq_lengths),
+        ("key_value_seq_lengths", key_value_seq_lengths),
+    ):
+        if x is not None:
+            x = _checks.int_array(x, name, fn=fn)
+            x = jnp.reshape(x, (1,)) if unbatched and x.ndim == 0 else x
+            lengths[name] = _checks.int_array(x, name, fn=fn, shape=(b,))
     q_seg = kv_seg = None
     if segment_ids is not None:
         if isinstance(segment_ids, tuple | list):
@@ -197,27 +164,32 @@ def canonicalize_attention_inputs(
         q_seg, kv_seg = jnp.asarray(q_seg), jnp.asarray(kv_seg)
         if unbatched:
             q_seg, kv_seg = q_seg[None], kv_seg[None]
-        q_seg = _int_array(q_seg, "segment_ids (query)", (b, t))
-        kv_seg = _int_array(kv_seg, "segment_ids (key/value)", (b, s))
-    q_pos = _positions(query_positions, "query_positions", b, t)
-    kv_pos = _positions(key_value_positions, "key_value_positions", b, s)
+        q_seg = _checks.int_array(q_seg, "segment_ids (query)", fn=fn, shape=(b, t))
+        kv_seg = _checks.int_array(kv_seg, "segment_ids (key/value)", fn=fn, shape=(b, s))
+    q_pos = _checks.positions(query_positions, "query_positions", fn=fn, batch=b, length=t)
+    kv_pos = _checks.positions(key_value_positions, "key_value_positions", fn=fn, batch=b, length=s)
     if scale is None:
         scale = 1.0 / math.sqrt(h)
     elif isinstance(scale, int | float | np.floating) and not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}.")
+        raise ValueError(f"{fn}: scale must be finite, got {scale!r}.")
+    if bias_fn is not None and not callable(bias_fn):
+        raise TypeError(f"{fn}: bias_fn must be None or a callable, got {bias_fn!r}.")
     return AttentionInputs(
-        query,
-        key,
-        value,
-        bias,
-        mask,
-        scale,
-        query_seq_lengths,
-        key_value_seq_lengths,
-        local_window_size,
-        q_seg,
-        kv_seg,
-        q_pos,
-        kv_pos,
-        unbatched,
+        query=query,
+        key=key,
+        value=value,
+        bias=bias,
+        mask=mask,
+        scale=scale,
+        is_causal=bool(is_causal),
+        query_seq_lengths=lengths.get("query_seq_lengths"),
+        key_value_seq_lengths=lengths.get("key_value_seq_lengths"),
+        local_window_size=_checks.check_window(local_window_size, fn=fn),
+        query_segment_ids=q_seg,
+        key_value_segment_ids=kv_seg,
+        query_positions=q_pos,
+        key_value_positions=kv_pos,
+        bias_fn=bias_fn,
+        softcap=_checks.check_softcap(softcap, fn=fn),
+        unbatched=unbatched,
     )

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention_jax import normalizers
-from attention_jax._inputs import AttentionInputs, _float_array, canonicalize_attention_inputs
+from attention_jax import _checks, normalizers
+from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention_canonical
 from attention_jax.masks import attention_mask, combine_masks
@@ -17,32 +17,13 @@ from attention_jax.masks import attention_mask, combine_masks
 __all__ = ["dot_product_attention", "additive_attention", "attention_pool"]
 
 
-def _check_options(softcap, dropout_rate, dropout_rng) -> None:
-    if softcap is not None and not isinstance(softcap, jax.Array) and not softcap > 0:
-        raise ValueError(f"softcap must be None or > 0, got {softcap}.")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
-    if dropout_rate > 0.0 and dropout_rng is None:
-        raise ValueError("dropout_rate > 0 needs a dropout_rng (a jax.random key).")
-
-
-def _logits_dtype(dtype):
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def materialized_logits_and_mask(
-    inp: AttentionInputs,
-    *,
-    is_causal: bool = False,
-    bias_fn: Callable | None = None,
-    softcap: float | None = None,
-) -> tuple[jax.Array, jax.Array | None]:
+def materialized_logits_and_mask(inp: AttentionInputs) -> tuple[jax.Array, jax.Array | None]:
     """The full ``[B, N, T, S]`` float32 logits and boolean mask of a canonical attention call.
 
-    logits = softcap(scale * q k^T) + bias (+ bias_fn(q_positions, k_positions)).
+    logits = softcap(scale * q k^T) + bias (+ bias_fn(query_positions, key_value_positions)).
     """
     b, t, s, n, k, h = inp.dims
-    dtype = _logits_dtype(inp.query.dtype)
+    dtype = _checks.compute_dtype(inp.query.dtype)
     # Heads-major operands, [B, K, G*T, H] x [B, K, S, H] -> [B, K, G*T, S], so that the
     # product comes out in its final layout: with the einsum "btkgh,bskh->bkgts" XLA:CPU
     # computed k q^T and then transposed the whole [T, S] array (2x slower forward).
@@ -54,47 +35,38 @@ def materialized_logits_and_mask(
         preferred_element_type=dtype,
     )
     logits = logits.reshape(b, n, t, s) * jnp.asarray(inp.scale, dtype)
-    if softcap is not None:
-        logits = softcap * jnp.tanh(logits / softcap)
+    if inp.softcap is not None:
+        logits = normalizers.softcap(logits, inp.softcap)
     if inp.bias is not None:
         logits = logits + inp.bias.astype(dtype)
     q_index, kv_index = jnp.arange(t), jnp.arange(s)
-    if bias_fn is not None:
-        q_pos = q_index if inp.q_positions is None else inp.q_positions
-        kv_pos = kv_index if inp.kv_positions is None else inp.kv_positions
-        logits = logits + jnp.asarray(bias_fn(q_pos, kv_pos)).astype(dtype)
+    if inp.bias_fn is not None:
+        q_pos = q_index if inp.query_positions is None else inp.query_positions
+        kv_pos = kv_index if inp.key_value_positions is None else inp.key_value_positions
+        logits = logits + jnp.asarray(inp.bias_fn(q_pos, kv_pos)).astype(dtype)
     mask = combine_masks(
         inp.mask,
         attention_mask(
             q_index,
             kv_index,
-            q_positions=inp.q_positions,
-            kv_positions=inp.kv_positions,
-            is_causal=is_causal,
+            query_positions=inp.query_positions,
+            key_value_positions=inp.key_value_positions,
+            is_causal=inp.is_causal,
             local_window_size=inp.local_window_size,
             query_seq_lengths=inp.query_seq_lengths,
             key_value_seq_lengths=inp.key_value_seq_lengths,
-            q_segment_ids=inp.q_segment_ids,
-            kv_segment_ids=inp.kv_segment_ids,
+            query_segment_ids=inp.query_segment_ids,
+            key_value_segment_ids=inp.key_value_segment_ids,
         ),
     )
     return logits, mask
 
 
 def _materialized_attention(
-    inp: AttentionInputs,
-    *,
-    is_causal,
-    bias_fn,
-    softcap,
-    normalizer,
-    dropout_rate,
-    dropout_rng,
+    inp: AttentionInputs, *, normalizer, dropout_rate, dropout_rng
 ) -> tuple[jax.Array, jax.Array]:
     b, t, s, n, k, h = inp.dims
-    logits, mask = materialized_logits_and_mask(
-        inp, is_causal=is_causal, bias_fn=bias_fn, softcap=softcap
-    )
+    logits, mask = materialized_logits_and_mask(inp)
     if mask is not None:
         mask = jnp.broadcast_to(mask, logits.shape)
     weights = normalizers.get_normalizer(normalizer)(logits, where=mask)
@@ -117,7 +89,7 @@ def _materialized_attention(
     return out.astype(inp.query.dtype), weights
 
 
-def _rows_with_keys(inp: AttentionInputs, *, is_causal: bool) -> jax.Array | None:
+def _rows_with_keys(inp: AttentionInputs) -> jax.Array | None:
     """``[B|1, N|1, T]``: whether each query row may attend to at least one key (None: all).
 
     Analytic for the structural masks (positions are the indices here); with a dense mask the
@@ -130,7 +102,7 @@ def _rows_with_keys(inp: AttentionInputs, *, is_causal: bool) -> jax.Array | Non
             attention_mask(
                 jnp.arange(t),
                 jnp.arange(s),
-                is_causal=is_causal,
+                is_causal=inp.is_causal,
                 local_window_size=inp.local_window_size,
                 query_seq_lengths=inp.query_seq_lengths,
                 key_value_seq_lengths=inp.key_value_seq_lengths,
@@ -147,9 +119,9 @@ def _rows_with_keys(inp: AttentionInputs, *, is_causal: bool) -> jax.Array | Non
         left, right = inp.local_window_size
         lo = jnp.maximum(lo, rows - left)
         hi = jnp.minimum(hi, rows + right)
-    if is_causal:
+    if inp.is_causal:
         hi = jnp.minimum(hi, rows)
-    if inp.key_value_seq_lengths is not None or inp.local_window_size is not None or is_causal:
+    if inp.key_value_seq_lengths is not None or inp.local_window_size is not None or inp.is_causal:
         valid = lo <= hi
     if inp.query_seq_lengths is not None:
         q_valid = rows < inp.query_seq_lengths[:, None]
@@ -157,9 +129,7 @@ def _rows_with_keys(inp: AttentionInputs, *, is_causal: bool) -> jax.Array | Non
     return None if valid is None else valid[:, None, :]
 
 
-def _fused_kernel_attention(
-    inp: AttentionInputs, name: str, *, is_causal: bool, softcap
-) -> jax.Array:
+def _fused_kernel_attention(inp: AttentionInputs, name: str) -> jax.Array:
     """cuDNN (through ``jax.nn``) or tokamax; rows with no visible key are set to zero, the
     convention of the other paths (the kernels may give them uniform weights)."""
     q_len, kv_len = inp.query_seq_lengths, inp.key_value_seq_lengths
@@ -173,7 +143,7 @@ def _fused_kernel_attention(
             bias=inp.bias,
             mask=inp.mask,
             scale=inp.scale,
-            is_causal=is_causal,
+            is_causal=inp.is_causal,
             query_seq_lengths=q_len,
             key_value_seq_lengths=kv_len,
             local_window_size=inp.local_window_size,
@@ -189,13 +159,13 @@ def _fused_kernel_attention(
             bias=inp.bias,
             mask=inp.mask,
             scale=inp.scale,
-            is_causal=is_causal,
+            is_causal=inp.is_causal,
             query_seq_lengths=q_len,
             key_value_seq_lengths=kv_len,
             local_window_size=inp.local_window_size,
-            logits_soft_cap=softcap,
+            logits_soft_cap=inp.softcap,
         )
-    has_key = _rows_with_keys(inp, is_causal=is_causal)
+    has_key = _rows_with_keys(inp)
     if has_key is not None:
         out = jnp.where(jnp.swapaxes(has_key, 1, 2)[..., None], out, 0.0)
     return out.astype(inp.query.dtype)
@@ -223,6 +193,8 @@ def dot_product_attention(
     dropout_rng: jax.Array | None = None,
     return_weights: bool = False,
     implementation: str | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
 ):
     r"""Scaled dot-product attention, a drop-in superset of ``jax.nn.dot_product_attention``.
 
@@ -283,6 +255,9 @@ def dot_product_attention(
         ``S``), ``"cudnn"`` (``jax.nn.dot_product_attention``'s cuDNN kernel, NVIDIA GPUs,
         float16/bfloat16) or ``"tokamax"`` (optional extra). Every path outputs zeros for
         rows with no visible key.
+      block_q, block_k: query and key block sizes of the flash path (see
+        :func:`attention_jax.flash_attention`; default ``DEFAULT_BLOCK_Q``/``DEFAULT_BLOCK_K``),
+        used when that path serves the call.
 
     Returns:
       ``[B, T, N, H]`` (``[T, N, H]`` unbatched) in the dtype of ``query``; with
@@ -293,6 +268,7 @@ def dot_product_attention(
         :func:`attention_jax._inputs.canonicalize_attention_inputs`), for an unknown
         normalizer or implementation, or a forced implementation that cannot serve the options.
     """
+    fn = "dot_product_attention"
     inp = canonicalize_attention_inputs(
         query,
         key,
@@ -300,51 +276,39 @@ def dot_product_attention(
         bias,
         mask,
         scale=scale,
+        is_causal=is_causal,
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size,
         segment_ids=segment_ids,
         query_positions=query_positions,
         key_value_positions=key_value_positions,
+        bias_fn=bias_fn,
+        softcap=softcap,
+        fn=fn,
     )
-    normalizers.get_normalizer(normalizer, fn="dot_product_attention")
-    _check_options(softcap, dropout_rate, dropout_rng)
+    normalizers.get_normalizer(normalizer, fn=fn)
+    dropout_rate = _checks.check_rate(dropout_rate, "dropout_rate", fn=fn)
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError(
+            f"{fn}: dropout_rng must be a jax.random key when dropout_rate > 0, got None."
+        )
     selection = select_implementation(
-        inp.query,
-        inp.key,
+        inp,
         implementation=implementation,
         normalizer=normalizer,
         dropout_rate=dropout_rate,
         return_weights=return_weights,
-        bias=inp.bias,
-        mask=inp.mask,
-        is_causal=is_causal,
-        query_seq_lengths=inp.query_seq_lengths,
-        key_value_seq_lengths=inp.key_value_seq_lengths,
-        local_window_size=inp.local_window_size,
-        segment_ids=inp.q_segment_ids,
-        query_positions=inp.q_positions,
-        key_value_positions=inp.kv_positions,
-        bias_fn=bias_fn,
-        softcap=softcap,
     )
     weights = None
     if selection.name == "xla":
         out, weights = _materialized_attention(
-            inp,
-            is_causal=is_causal,
-            bias_fn=bias_fn,
-            softcap=softcap,
-            normalizer=normalizer,
-            dropout_rate=dropout_rate,
-            dropout_rng=dropout_rng,
+            inp, normalizer=normalizer, dropout_rate=dropout_rate, dropout_rng=dropout_rng
         )
     elif selection.name == "flash":
-        out, _ = flash_attention_canonical(
-            inp, is_causal=is_causal, bias_fn=bias_fn, softcap=softcap
-        )
+        out, _ = flash_attention_canonical(inp, block_q=block_q, block_k=block_k)
     elif selection.name in ("cudnn", "tokamax"):
-        out = _fused_kernel_attention(inp, selection.name, is_causal=is_causal, softcap=softcap)
+        out = _fused_kernel_attention(inp, selection.name)
     else:  # pragma: no cover - every name in IMPLEMENTATIONS has a branch above
         raise NotImplementedError(selection.name)
     if inp.unbatched:
@@ -379,44 +343,47 @@ def additive_attention(
     Returns:
       ``[B, Dv]`` (``[B, T, Dv]``), with the weights when ``return_weights=True``.
     """
-    query, keys, values = (
-        _float_array(query, "query"),
-        _float_array(keys, "keys"),
-        _float_array(values, "values"),
-    )
+    fn = "additive_attention"
+    query = _checks.float_array(query, "query", fn=fn)
+    keys = _checks.float_array(keys, "keys", fn=fn)
+    values = _checks.float_array(values, "values", fn=fn)
     missing = {"w_query", "w_key", "v"} - set(params)
     if missing:
-        raise ValueError(f"params is missing {sorted(missing)}; it needs w_query, w_key and v.")
+        raise ValueError(
+            f"{fn}: params must hold w_query, w_key and v, got {sorted(params)} "
+            f"(params is missing {sorted(missing)})."
+        )
     w_q, w_k, v = params["w_query"], params["w_key"], params["v"]
     if keys.ndim != 3 or values.ndim != 3 or keys.shape[:2] != values.shape[:2]:
         raise ValueError(
-            f"keys [B, S, Dk] and values [B, S, Dv] must agree on B and S, got {keys.shape}, "
-            f"{values.shape}."
+            f"{fn}: keys [B, S, Dk] and values [B, S, Dv] must agree on B and S, got "
+            f"{keys.shape}, {values.shape}."
         )
     if query.ndim not in (2, 3) or query.shape[0] != keys.shape[0]:
         raise ValueError(
-            f"query must be [B, Dq] or [B, T, Dq] with B={keys.shape[0]}, got {query.shape}."
+            f"{fn}: query must be [B, Dq] or [B, T, Dq] with B={keys.shape[0]}, got {query.shape}."
         )
     if w_q.shape != (query.shape[-1], v.shape[0]) or w_k.shape != (keys.shape[-1], v.shape[0]):
         raise ValueError(
-            f"params shapes w_query {w_q.shape}, w_key {w_k.shape}, v {v.shape} do not fit "
+            f"{fn}: params shapes w_query {w_q.shape}, w_key {w_k.shape}, v {v.shape} must fit "
             f"query {query.shape} and keys {keys.shape}."
         )
     single = query.ndim == 2
     q = query[:, None] if single else query
     # Scores in float32 (or float64) whatever the input dtype, like every other normalizer input.
-    dtype = _logits_dtype(query.dtype)
+    dtype = _checks.compute_dtype(query.dtype)
     q, keys_c = q.astype(dtype), keys.astype(dtype)
     w_q, w_k, v = w_q.astype(dtype), w_k.astype(dtype), v.astype(dtype)
     hidden = jnp.tanh((q @ w_q)[:, :, None, :] + (keys_c @ w_k)[:, None, :, :])  # [B, T, S, A]
     scores = hidden @ v  # [B, T, S]
     if mask is not None:
-        mask = jnp.asarray(mask)
+        mask = _checks.bool_array(mask, "mask", fn=fn)
         b, t, s = scores.shape
         # A 2-D mask is always key padding [B, S], also for 3-D queries: NumPy broadcasting
         # would otherwise pair its first axis with T whenever B == T.
         key_padding = single or mask.ndim == 2
-        _check_broadcast(mask, "mask", (b, s) if key_padding else (b, t, s))
+        target = (b, s) if key_padding else (b, t, s)
+        _checks.broadcastable(mask, "mask", target, fn=fn)
         if key_padding:
             mask = jnp.broadcast_to(mask, (b, s))[:, None]
     weights = normalizers.softmax(scores, where=mask)
@@ -448,31 +415,20 @@ def attention_pool(
     Returns:
       ``[B, D]``, with the weights when ``return_weights=True``.
     """
-    values = _float_array(values, "values")
-    query = _float_array(query, "query")
+    fn = "attention_pool"
+    values = _checks.float_array(values, "values", fn=fn)
+    query = _checks.float_array(query, "query", fn=fn)
     if values.ndim != 3:
-        raise ValueError(f"values must be [B, S, D], got {values.shape}.")
+        raise ValueError(f"{fn}: values must be [B, S, D], got {values.shape}.")
     b, s, d = values.shape
     if query.shape not in ((d,), (b, d)):
-        raise ValueError(f"query must be [D]=({d},) or [B, D]=({b}, {d}), got {query.shape}.")
+        raise ValueError(f"{fn}: query must be [D]=({d},) or [B, D]=({b}, {d}), got {query.shape}.")
     if mask is not None:
-        mask = jnp.asarray(mask)
-        _check_broadcast(mask, "mask", (b, s))
-    dtype = _logits_dtype(values.dtype)
+        mask = _checks.bool_array(mask, "mask", fn=fn)
+        _checks.broadcastable(mask, "mask", (b, s), fn=fn)
+    dtype = _checks.compute_dtype(values.dtype)
     query = jnp.broadcast_to(query.astype(dtype), (b, d))
     scores = jnp.einsum("bsd,bd->bs", values.astype(dtype), query)
     weights = normalizers.softmax(scores, where=mask)
     out = jnp.einsum("bs,bsd->bd", weights, values.astype(dtype)).astype(values.dtype)
     return (out, weights) if return_weights else out
-
-
-def _check_broadcast(mask: jax.Array, name: str, shape) -> None:
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"{name} must be boolean, got dtype {mask.dtype}.")
-    try:
-        if jnp.broadcast_shapes(mask.shape, tuple(shape)) != tuple(shape):
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"{name} of shape {mask.shape} does not broadcast to {tuple(shape)}."
-        ) from None

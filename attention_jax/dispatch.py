@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from attention_jax._inputs import AttentionInputs
+
 __all__ = ["IMPLEMENTATIONS", "FLASH_MIN_LOGITS", "Selection", "select_implementation"]
 
 IMPLEMENTATIONS = ("xla", "flash", "cudnn", "tokamax")
@@ -77,19 +79,6 @@ def _tokamax_installed() -> bool:
     return importlib.util.find_spec("tokamax") is not None
 
 
-def _dims(query, key) -> tuple[int, int, int, int, int, int]:
-    """``(B, T, S, N, K, H)`` from ``[B, T, N, H]`` / ``[T, N, H]`` shaped arrays."""
-    qs, ks = tuple(query.shape), tuple(key.shape)
-    if len(qs) == 3:
-        qs, ks = (1,) + qs, (1,) + ks
-    b, t, n, h = qs
-    return b, t, ks[1], n, ks[2], h
-
-
-def _set(options, name) -> bool:
-    return options.get(name) is not None
-
-
 def _softmax_only_blockers(normalizer, dropout_rate, return_weights) -> list[str]:
     """Options that only the materialized path serves."""
     out = []
@@ -102,66 +91,64 @@ def _softmax_only_blockers(normalizer, dropout_rate, return_weights) -> list[str
     return out
 
 
-def _positions_matter(options) -> bool:
+def _positions_matter(inp: AttentionInputs) -> bool:
     """Positions change the result only through causality, windows or ``bias_fn``."""
-    given = _set(options, "query_positions") or _set(options, "key_value_positions")
-    return given and bool(
-        options.get("is_causal") or _set(options, "local_window_size") or _set(options, "bias_fn")
-    )
+    given = inp.query_positions is not None or inp.key_value_positions is not None
+    return given and (inp.is_causal or inp.local_window_size is not None or inp.bias_fn is not None)
 
 
-def _fused_kernel_blockers(options) -> list[str]:
+def _fused_kernel_blockers(inp: AttentionInputs) -> list[str]:
     """Options that neither cuDNN nor tokamax take."""
     out = []
-    if _set(options, "bias_fn"):
+    if inp.bias_fn is not None:
         out.append("bias_fn (pass a dense bias instead)")
-    if _set(options, "segment_ids"):
+    if inp.query_segment_ids is not None:
         out.append("segment_ids")
-    if _positions_matter(options):
+    if _positions_matter(inp):
         out.append("query_positions / key_value_positions with causal, window or bias_fn")
     return out
 
 
-def _cudnn_blockers(query, key, options) -> list[str]:
+def _cudnn_blockers(inp: AttentionInputs) -> list[str]:
     out = []
     platform = _platform()
     if platform != "cuda":
         out.append(f"platform {platform!r} (cuDNN needs an NVIDIA GPU)")
-    if query.dtype not in (jnp.float16, jnp.bfloat16):
-        out.append(f"dtype {query.dtype} (cuDNN takes float16/bfloat16)")
-    _, t, s, _, _, h = _dims(query, key)
+    dtype = inp.query.dtype
+    if dtype not in (jnp.float16, jnp.bfloat16):
+        out.append(f"dtype {dtype} (cuDNN takes float16/bfloat16)")
+    _, t, s, _, _, h = inp.dims
     cc = _cuda_compute_capability() if platform == "cuda" else None
     h_max = 256 if cc is not None and cc >= (9, 0) else 128
     if h % 8 != 0 or h > h_max:
         out.append(f"head dim {h} (cuDNN needs a multiple of 8, <= {h_max})")
-    out += _fused_kernel_blockers(options)
-    if _set(options, "softcap"):
+    out += _fused_kernel_blockers(inp)
+    if inp.softcap is not None:
         out.append("softcap")
-    window = options.get("local_window_size")
-    if window is not None:
-        left, right = (window, window) if isinstance(window, int) else tuple(window)
-        if right > 0 and not options.get("is_causal"):
+    if inp.local_window_size is not None:
+        right = inp.local_window_size[1]
+        if right > 0 and not inp.is_causal:
             out.append(f"local_window_size right={right} > 0 without is_causal (left windows only)")
-    if _set(options, "bias") and (t % 2 or s % 2):
+    if inp.bias is not None and (t % 2 or s % 2):
         # cuDNN's backward pass with a bias needs even sequence lengths.
         out.append(f"a bias with odd T={t} or S={s}")
     return out
 
 
-def _tokamax_blockers(query, key, options) -> list[str]:
+def _tokamax_blockers(inp: AttentionInputs) -> list[str]:
     out = []
     if not _tokamax_installed():
         out.append(
             "tokamax is not installed (pip install 'attention_jax[tokamax]', Python >= 3.12)"
         )
-    out += _fused_kernel_blockers(options)
-    if _set(options, "softcap") and (_set(options, "bias") or _set(options, "bias_fn")):
+    out += _fused_kernel_blockers(inp)
+    if inp.softcap is not None and (inp.bias is not None or inp.bias_fn is not None):
         # tokamax caps scale * q k^T + bias; here the cap comes before the bias.
         out.append("softcap together with a bias (tokamax caps after adding the bias)")
-    _, t, s, _, _, _ = _dims(query, key)
-    if _set(options, "local_window_size") and t != s:
+    _, t, s, _, _, _ = inp.dims
+    if inp.local_window_size is not None and t != s:
         out.append(f"local_window_size with T={t} != S={s} (tokamax windows assume T == S)")
-    if query.dtype == jnp.float64:
+    if inp.query.dtype == jnp.float64:
         out.append("dtype float64")
     return out
 
@@ -174,16 +161,14 @@ def _error(name: str, blockers: list[str]) -> ValueError:
 
 
 def select_implementation(
-    query: jax.Array,
-    key: jax.Array,
+    inputs: AttentionInputs,
     *,
     implementation: str | None = None,
     normalizer="softmax",
     dropout_rate: float = 0.0,
     return_weights: bool = False,
-    **options,
 ) -> Selection:
-    """Chooses the attention implementation for the given inputs and options.
+    """Chooses the attention implementation for one canonical attention call.
 
     With ``implementation=None``:
 
@@ -194,17 +179,21 @@ def select_implementation(
     4. Logits of at least :data:`FLASH_MIN_LOGITS` entries (``B * N * T * S``) ->
        ``"flash"``; otherwise ``"xla"``.
 
+    Only shapes, dtypes and which options are set are looked at, so this also runs on
+    abstract inputs (under ``jax.eval_shape`` or ``jit``). To ask which path a call would
+    take::
+
+      inputs = attention_jax.canonicalize_attention_inputs(q, k, v, is_causal=True)
+      attention_jax.select_implementation(inputs).reason
+
     Args:
-      query: ``[B, T, N, H]`` (or unbatched ``[T, N, H]``); only its shape and dtype are used.
-      key: ``[B, S, K, H]``; only its shape and dtype are used.
+      inputs: the call's :class:`attention_jax.AttentionInputs`, from
+        :func:`attention_jax.canonicalize_attention_inputs` (the arguments of
+        :func:`attention_jax.dot_product_attention`).
       implementation: None to choose automatically, or a name from :data:`IMPLEMENTATIONS`.
       normalizer: the attention normalizer requested.
       dropout_rate: attention dropout requested.
       return_weights: whether the caller wants the ``[B, N, T, S]`` weights back.
-      **options: the remaining attention options (``bias``, ``mask``, ``is_causal``,
-        ``query_seq_lengths``, ``key_value_seq_lengths``, ``local_window_size``,
-        ``segment_ids``, ``query_positions``, ``key_value_positions``, ``bias_fn``,
-        ``softcap``), as passed to :func:`attention_jax.dot_product_attention`.
 
     Returns:
       A :class:`Selection` ``(name, reason)``.
@@ -216,7 +205,8 @@ def select_implementation(
     """
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(
-            f"implementation must be None or one of {IMPLEMENTATIONS}, got {implementation!r}."
+            f"select_implementation: implementation must be None or one of {IMPLEMENTATIONS}, "
+            f"got {implementation!r}."
         )
     softmax_only = _softmax_only_blockers(normalizer, dropout_rate, return_weights)
     if implementation == "xla":
@@ -224,9 +214,9 @@ def select_implementation(
     if implementation is not None:
         blockers = list(softmax_only)
         if implementation == "cudnn":
-            blockers += _cudnn_blockers(query, key, options)
+            blockers += _cudnn_blockers(inputs)
         elif implementation == "tokamax":
-            blockers += _tokamax_blockers(query, key, options)
+            blockers += _tokamax_blockers(inputs)
         if blockers:
             raise _error(implementation, blockers)
         return Selection(implementation, "requested")
@@ -235,11 +225,11 @@ def select_implementation(
         return Selection("xla", "only the materialized path serves " + "; ".join(softmax_only))
     platform = _platform()
     if platform == "cuda":
-        if not _cudnn_blockers(query, key, options):
+        if not _cudnn_blockers(inputs):
             return Selection("cudnn", "NVIDIA GPU and options cuDNN supports")
-        if _tokamax_installed() and not _tokamax_blockers(query, key, options):
+        if _tokamax_installed() and not _tokamax_blockers(inputs):
             return Selection("tokamax", "NVIDIA GPU, tokamax installed, options it supports")
-    b, t, s, n, _, _ = _dims(query, key)
+    b, t, s, n, _, _ = inputs.dims
     logits = b * n * t * s
     if logits >= FLASH_MIN_LOGITS:
         return Selection(

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attention_jax import _checks
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.masks import attention_mask, combine_masks
 
@@ -241,14 +242,14 @@ def _block_mask(cfg: _Config, i, j, aux):
     structural = attention_mask(
         q_index,
         kv_index,
-        q_positions=q_pos,
-        kv_positions=kv_pos,
+        query_positions=q_pos,
+        key_value_positions=kv_pos,
         is_causal=cfg.is_causal,
         local_window_size=cfg.window,
         query_seq_lengths=aux["q_len"],
         key_value_seq_lengths=aux["kv_len"],
-        q_segment_ids=_slice_seq(aux["q_seg"], i, cfg.bq),
-        kv_segment_ids=_slice_seq(aux["kv_seg"], j, cfg.bk),
+        query_segment_ids=_slice_seq(aux["q_seg"], i, cfg.bq),
+        key_value_segment_ids=_slice_seq(aux["kv_seg"], j, cfg.bk),
     )
     if structural is not None:  # [B|1, 1, bq, bk] -> [B|1, 1, bq, 1, bk]
         structural = structural[:, :, :, None, :]
@@ -478,12 +479,6 @@ _flash_core.defvjp(_flash_core_fwd, _backward)
 # ----------------------------------------------------------------------------------------
 
 
-def _check_block(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive Python int, got {value!r}.")
-    return value
-
-
 def _pad_axis(x, axis: int, new: int, value=0):
     if x.shape[axis] == new:
         return x
@@ -536,14 +531,14 @@ def _bias_fn_internal(bias_fn, b: int, n: int, kh: int, bq: int, bk: int):
             x4 = x4.reshape(b0, kh, n // kh, t0, s0)
         else:
             x4 = x4.reshape(b0, 1, 1, t0, s0)
-        return jnp.swapaxes(x4, 2, 3).astype(jnp.promote_types(x4.dtype, jnp.float32))
+        return jnp.swapaxes(x4, 2, 3).astype(_checks.compute_dtype(x4.dtype))
 
     return fn
 
 
 def _empty_result(inp: AttentionInputs):
     b, t, _, n, _, h = inp.dims
-    acc = jnp.promote_types(inp.query.dtype, jnp.float32)
+    acc = _checks.compute_dtype(inp.query.dtype)
     return jnp.zeros((b, t, n, h), inp.query.dtype), jnp.full((b, n, t), -jnp.inf, acc)
 
 
@@ -564,8 +559,8 @@ def flash_attention(
     key_value_positions: jax.Array | None = None,
     bias_fn: Callable | None = None,
     softcap: float | None = None,
-    block_q: int = DEFAULT_BLOCK_Q,
-    block_k: int = DEFAULT_BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
     return_residuals: bool = False,
 ):
     r"""Memory-efficient scaled dot-product attention (blockwise, online softmax).
@@ -637,8 +632,8 @@ def flash_attention(
         differentiated (a learned T5 table gets its gradient).
       softcap: optional positive float: logits become ``softcap * tanh(logits / softcap)``
         before the bias is added.
-      block_q: query block size in tokens (a positive int).
-      block_k: key block size in tokens (a positive int).
+      block_q: query block size in tokens (a positive int; None: ``DEFAULT_BLOCK_Q``).
+      block_k: key block size in tokens (a positive int; None: ``DEFAULT_BLOCK_K``).
       return_residuals: also return the float32 log-sum-exp of each row, ``[B, N, T]``
         (``[N, T]`` unbatched); ``-inf`` for rows with no visible key (whose output is 0),
         the convention :func:`merge_attention` expects.
@@ -660,22 +655,19 @@ def flash_attention(
         bias,
         mask,
         scale=scale,
+        is_causal=is_causal,
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size,
         segment_ids=segment_ids,
         query_positions=query_positions,
         key_value_positions=key_value_positions,
-    )
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap must be None or > 0, got {softcap}.")
-    out, lse = flash_attention_canonical(
-        inp,
-        is_causal=is_causal,
         bias_fn=bias_fn,
         softcap=softcap,
-        block_q=block_q,
-        block_k=block_k,
+        fn="flash_attention",
+    )
+    out, lse = flash_attention_canonical(
+        inp, block_q=block_q, block_k=block_k, fn="flash_attention"
     )
     if inp.unbatched:
         out, lse = out[0], lse[0]
@@ -685,24 +677,24 @@ def flash_attention(
 def flash_attention_canonical(
     inp: AttentionInputs,
     *,
-    is_causal: bool = False,
-    bias_fn: Callable | None = None,
-    softcap: float | None = None,
-    block_q: int = DEFAULT_BLOCK_Q,
-    block_k: int = DEFAULT_BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    fn: str = "dot_product_attention",
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`flash_attention` on validated inputs (the entry point of the dispatcher).
 
     Args:
-      inp: canonical inputs from :func:`attention_jax._inputs.canonicalize_attention_inputs`
+      inp: canonical inputs from :func:`attention_jax.canonicalize_attention_inputs`
         (batched; ``inp.unbatched`` is ignored).
-      is_causal, bias_fn, softcap, block_q, block_k: as in :func:`flash_attention`.
+      block_q, block_k: as in :func:`flash_attention`.
+      fn: the public function named in error messages.
 
     Returns:
       ``(out, lse)``: ``[B, T, N, H]`` in the query dtype and float32 ``[B, N, T]``.
     """
-    _check_block(block_q, "block_q")
-    _check_block(block_k, "block_k")
+    block_q = DEFAULT_BLOCK_Q if block_q is None else _checks.check_int(block_q, "block_q", fn=fn)
+    block_k = DEFAULT_BLOCK_K if block_k is None else _checks.check_int(block_k, "block_k", fn=fn)
+    bias_fn = inp.bias_fn
     b, t, s, n, kh, h = inp.dims
     if t == 0 or s == 0:
         return _empty_result(inp)
@@ -737,13 +729,13 @@ def flash_attention_canonical(
         "mask": mask_int,
         "q_len": inp.query_seq_lengths,
         "kv_len": inp.key_value_seq_lengths,
-        "q_seg": positions(inp.q_segment_ids, tp),
-        "kv_seg": positions(inp.kv_segment_ids, sp),
-        "q_pos": positions(inp.q_positions, tp),
-        "kv_pos": positions(inp.kv_positions, sp),
+        "q_seg": positions(inp.query_segment_ids, tp),
+        "kv_seg": positions(inp.key_value_segment_ids, sp),
+        "q_pos": positions(inp.query_positions, tp),
+        "kv_pos": positions(inp.key_value_positions, sp),
     }
 
-    fn, consts = None, ()
+    internal_bias_fn, consts = None, ()
     if bias_fn is not None:
         q_ex = jnp.zeros((bq,) if aux["q_pos"] is None else aux["q_pos"][..., :bq].shape, "int32")
         kv_ex = jnp.zeros(
@@ -751,7 +743,9 @@ def flash_attention_canonical(
         )
         # Hoists arrays that bias_fn closes over into explicit arguments, so the custom VJP
         # can differentiate them (a learned relative-position table, say).
-        fn, consts = jax.closure_convert(_bias_fn_internal(bias_fn, b, n, kh, bq, bk), q_ex, kv_ex)
+        internal_bias_fn, consts = jax.closure_convert(
+            _bias_fn_internal(bias_fn, b, n, kh, bq, bk), q_ex, kv_ex
+        )
         consts = tuple(consts)
 
     cfg = _Config(
@@ -762,13 +756,13 @@ def flash_attention_canonical(
         nq=nq,
         nk=nk,
         groups=g,
-        softcap=None if softcap is None else float(softcap),
-        acc=jnp.promote_types(dtype, jnp.float32),
-        is_causal=bool(is_causal),
+        softcap=inp.softcap,
+        acc=_checks.compute_dtype(dtype),
+        is_causal=inp.is_causal,
         window=inp.local_window_size,
-        default_positions=inp.q_positions is None and inp.kv_positions is None,
-        bias_fn=fn,
-        always_mask=inp.mask is not None or inp.q_segment_ids is not None,
+        default_positions=inp.query_positions is None and inp.key_value_positions is None,
+        bias_fn=internal_bias_fn,
+        always_mask=inp.mask is not None or inp.query_segment_ids is not None,
         has_lengths=inp.query_seq_lengths is not None or inp.key_value_seq_lengths is not None,
     )
     out, lse = _flash_core(cfg, q, k, v, bias_int, consts, aux)
@@ -820,7 +814,7 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
             f"out must be [B, T, N, H] (or [T, N, H]) and lse [B, N, T] (or [N, T]), got "
             f"out {out_a.shape} and lse {lse_a.shape}."
         )
-    ct = jnp.promote_types(lse_a.dtype, jnp.float32)
+    ct = _checks.compute_dtype(lse_a.dtype)
     lse_a, lse_b = lse_a.astype(ct), lse_b.astype(ct)
     m = jnp.maximum(lse_a, lse_b)
     m_safe = jnp.where(m == -jnp.inf, 0.0, m)

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention_jax._checks import (
+    bool_array,
     broadcastable,
     check_choice,
     check_positive,
     compute_dtype,
     float_array,
-    bool_array,
 )
 
 __all__ = [
@@ -204,7 +204,9 @@ def sparsemax(x: jax.Array, axis: int = -1, *, where: jax.Array | None = None) -
     """
     x, where, xc = _prepare(x, where, "sparsemax")
     if not isinstance(axis, int):
-        raise TypeError(f"sparsemax: axis must be one int (sparsemax normalizes over one axis), got {axis!r}.")
+        raise TypeError(
+            f"sparsemax: axis must be one int (sparsemax normalizes over one axis), got {axis!r}."
+        )
     valid = jnp.ones(x.shape, bool) if where is None else jnp.broadcast_to(where, x.shape)
     zc, valid = jnp.moveaxis(xc, axis, -1), jnp.moveaxis(valid, axis, -1)
     # Sparsemax is shift invariant: subtracting the max allowed logit keeps the cumulative sums

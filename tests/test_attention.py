@@ -667,7 +667,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"same rank, got query \(2, 3, 4, 3\), key \(5, 2, 3\), value \(2, 5, 2, 3\)",
+            r"query, key and value must be of shape \[B, T, N, H\], \[B, S, K, H\], \[B, S, K, H\] \(or all unbatched\), got query \(2, 3, 4, 3\), key \(5, 2, 3\), value \(2, 5, 2, 3\)",
             dot_product_attention,
             q,
             k[0],
@@ -679,7 +679,7 @@ class AttentionVariantsTest(chex.TestCase):
         q = np.zeros((1, 2, 3, 4, 5), np.float32)
         self._raises(
             ValueError,
-            r"\[B, T, N, H\] or unbatched \[T, N, H\], got query \(1, 2, 3, 4, 5\)",
+            r"query, key and value must be of shape \[B, T, N, H\], \[B, S, K, H\], \[B, S, K, H\] \(or all unbatched\), got query \(1, 2, 3, 4, 5\)",
             dot_product_attention,
             q,
             q,
@@ -691,7 +691,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"head dim of key \(2, 5, 2, 2\) must equal head dim of query \(2, 3, 4, 3\)",
+            r"dot_product_attention: key must have the head dim H=3 of query, got query \(2, 3, 4, 3\), key \(2, 5, 2, 2\)",
             dot_product_attention,
             q,
             k[..., :2],
@@ -703,7 +703,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"N=3 must be a multiple of key/value heads K=2",
+            r"dot_product_attention: the number of query heads N=3 must be a multiple of the key/value heads K=2, got query \(2, 3, 3, 3\)",
             dot_product_attention,
             q[:, :, :3],
             k,
@@ -715,7 +715,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"same sequence length, got key \(2, 5, 2, 3\), value \(2, 4, 2, 3\)",
+            r"dot_product_attention: value must have the shape of key, got query \(2, 3, 4, 3\), key \(2, 5, 2, 3\), value \(2, 4, 2, 3\)",
             dot_product_attention,
             q,
             k,
@@ -739,7 +739,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"query \(1, 3, 4, 3\) and key \(2, 5, 2, 3\) have different batch",
+            r"dot_product_attention: key must have the batch size B=1 of query, got query \(1, 3, 4, 3\), key \(2, 5, 2, 3\)",
             dot_product_attention,
             q[:1],
             k,
@@ -751,7 +751,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"mask of shape \(3, 3\) does not broadcast to \[B, N, T, S\]=\(2, 4, 3, 5\)",
+            r"dot_product_attention: mask must be broadcastable to \[B, N, T, S\]=\(2, 4, 3, 5\), got bool array of shape \(3, 3\)",
             lambda q, k, v, m: dot_product_attention(q, k, v, mask=m),
             q,
             k,
@@ -764,7 +764,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"mask of shape \(4, 3, 4\) does not broadcast to \[N, T, S\]=\(4, 3, 5\)",
+            r"dot_product_attention: mask must be broadcastable to \[N, T, S\]=\(4, 3, 5\), got bool array of shape \(4, 3, 4\)",
             lambda q, k, v, m: dot_product_attention(q, k, v, mask=m),
             q[0],
             k[0],
@@ -777,7 +777,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"bias of shape \(2, 2, 3, 5\) does not broadcast to \[B, N, T, S\]=\(2, 4, 3, 5\)",
+            r"dot_product_attention: bias must be broadcastable to \[B, N, T, S\]=\(2, 4, 3, 5\), got float32 array of shape \(2, 2, 3, 5\)",
             lambda q, k, v, bias: dot_product_attention(q, k, v, bias),
             q,
             k,
@@ -790,7 +790,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             ValueError,
-            r"bias must have rank <= 4 .*got \(1, 2, 4, 3, 5\)",
+            r"dot_product_attention: bias must be broadcastable to \[B, N, T, S\]=\(2, 4, 3, 5\), got float32 array of shape \(1, 2, 4, 3, 5\)",
             lambda q, k, v, bias: dot_product_attention(q, k, v, bias),
             q,
             k,
@@ -803,7 +803,7 @@ class AttentionVariantsTest(chex.TestCase):
         q, k, v = _inputs()
         self._raises(
             TypeError,
-            r"mask must be boolean .*got dtype float32",
+            r"dot_product_attention: mask must be a boolean array \(True = attend; pass additive masks as bias\), got float32 array of shape \(3, 5\)",
             lambda q, k, v, m: dot_product_attention(q, k, v, mask=m),
             q,
             k,
@@ -819,7 +819,7 @@ class AttentionVariantsTest(chex.TestCase):
         args[name] = args[name].astype(np.int32)
         self._raises(
             TypeError,
-            rf"{name} must be a floating-point array, got dtype int32",
+            rf"dot_product_attention: {name} must be a floating-point array, got int32 array of shape",
             lambda a: dot_product_attention(**a),
             args,
         )
@@ -859,7 +859,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_bad_local_window_size(self, window):
         self._raises(
             ValueError,
-            r"local_window_size must (be an int or a \(left, right\) pair|hold non-negative)",
+            r"dot_product_attention: local_window_size must be an int >= 0 or a \(left, right\) pair of them, got",
             lambda q, k, v: dot_product_attention(q, k, v, local_window_size=window),
             *_inputs(),
         )
@@ -868,7 +868,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_lengths_of_wrong_shape(self):
         self._raises(
             ValueError,
-            r"query_seq_lengths must have shape \(2,\), got \(2, 1\)",
+            r"dot_product_attention: query_seq_lengths must be of shape \(2,\), got int32 array of shape \(2, 1\)",
             lambda q, k, v, n: dot_product_attention(q, k, v, query_seq_lengths=n),
             *_inputs(),
             np.ones((2, 1), np.int32),
@@ -878,7 +878,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_lengths_of_wrong_dtype(self):
         self._raises(
             TypeError,
-            r"key_value_seq_lengths must be an integer array, got dtype float32",
+            r"dot_product_attention: key_value_seq_lengths must be an integer array, got float32 array of shape \(2,\)",
             lambda q, k, v, n: dot_product_attention(q, k, v, key_value_seq_lengths=n),
             *_inputs(),
             np.ones(2, np.float32),
@@ -888,7 +888,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_segment_ids_of_wrong_shape(self):
         self._raises(
             ValueError,
-            r"segment_ids \(key/value\) must have shape \(2, 5\), got \(2, 3\)",
+            r"dot_product_attention: segment_ids \(key/value\) must be of shape \(2, 5\), got int32 array of shape \(2, 3\)",
             lambda q, k, v, ids: dot_product_attention(q, k, v, segment_ids=ids),
             *_inputs(),
             np.zeros((2, 3), np.int32),
@@ -898,7 +898,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_positions_of_wrong_shape(self):
         self._raises(
             ValueError,
-            r"query_positions must have shape \[3\] or \[2, 3\], got \(5,\)",
+            r"dot_product_attention: query_positions must be of shape \[3\] or \[2, 3\], got int32 array of shape \(5,\)",
             lambda q, k, v, pos: dot_product_attention(q, k, v, query_positions=pos),
             *_inputs(),
             np.arange(5, dtype=np.int32),
@@ -908,7 +908,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_dropout_without_rng(self):
         self._raises(
             ValueError,
-            r"dropout_rate > 0 needs a dropout_rng",
+            r"dot_product_attention: dropout_rng must be a jax.random key when dropout_rate > 0, got None",
             lambda q, k, v: dot_product_attention(q, k, v, dropout_rate=0.1),
             *_inputs(),
         )
@@ -918,7 +918,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_bad_dropout_rate(self, rate):
         self._raises(
             ValueError,
-            r"dropout_rate must be in \[0, 1\)",
+            r"dot_product_attention: dropout_rate must be a number in \[0, 1\), got",
             lambda q, k, v, rng: dot_product_attention(q, k, v, dropout_rate=rate, dropout_rng=rng),
             *_inputs(),
             jax.random.key(0),
@@ -928,7 +928,7 @@ class AttentionVariantsTest(chex.TestCase):
     def test_bad_softcap(self):
         self._raises(
             ValueError,
-            r"softcap must be None or > 0, got 0.0",
+            r"dot_product_attention: softcap must be None or a finite number > 0, got 0\.0\.",
             lambda q, k, v: dot_product_attention(q, k, v, softcap=0.0),
             *_inputs(),
         )
@@ -1183,11 +1183,17 @@ class PoolingVariantsTest(chex.TestCase):
     def test_additive_attention_bad_mask(self):
         rng = np.random.default_rng(1)
         query, keys, values, params = _additive_inputs(rng, 2, None, 5, 3, 4, 2, 6)
-        with pytest.raises(TypeError, match=r"mask must be boolean, got dtype int32"):
+        with pytest.raises(
+            TypeError,
+            match=r"additive_attention: mask must be a boolean array, got int32 array of shape \(2, 5\)",
+        ):
             self.variant(lambda m: additive_attention(query, keys, values, params, mask=m))(
                 np.ones((2, 5), np.int32)
             )
-        with pytest.raises(ValueError, match=r"mask of shape \(2, 4\) does not broadcast"):
+        with pytest.raises(
+            ValueError,
+            match=r"additive_attention: mask must be broadcastable to \(2, 5\), got bool array of shape \(2, 4\)",
+        ):
             self.variant(lambda m: additive_attention(query, keys, values, params, mask=m))(
                 np.ones((2, 4), bool)
             )
@@ -1201,7 +1207,10 @@ class PoolingVariantsTest(chex.TestCase):
             self.variant(attention_pool)(values, np.zeros((2, 4), np.float32))
         with pytest.raises(TypeError, match=r"values must be a floating-point array"):
             self.variant(attention_pool)(values.astype(np.int32), np.zeros(4, np.int32))
-        with pytest.raises(ValueError, match=r"mask of shape \(3, 4\) does not broadcast"):
+        with pytest.raises(
+            ValueError,
+            match=r"attention_pool: mask must be broadcastable to \(3, 5\), got bool array of shape \(3, 4\)",
+        ):
             self.variant(lambda m: attention_pool(values, np.zeros(4, np.float32), mask=m))(
                 np.ones((3, 4), bool)
             )

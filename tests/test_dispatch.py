@@ -10,12 +10,48 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from attention_jax import dispatch, dot_product_attention, select_implementation
+from attention_jax import (
+    canonicalize_attention_inputs,
+    dispatch,
+    dot_product_attention,
+    select_implementation,
+)
 from attention_jax.dispatch import FLASH_MIN_LOGITS, IMPLEMENTATIONS, Selection
 
 
 def spec(shape, dtype=jnp.float32):
     return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def select(
+    query,
+    key,
+    *,
+    implementation=None,
+    normalizer="softmax",
+    dropout_rate=0.0,
+    return_weights=False,
+    **options,
+):
+    """The selection for abstract ``query``/``key`` specs and the options of
+    ``dot_product_attention`` (traced under ``jax.eval_shape``: nothing is computed)."""
+    found = []
+
+    def trace(q, k):
+        inputs = canonicalize_attention_inputs(q, k, k, **options)
+        found.append(
+            select_implementation(
+                inputs,
+                implementation=implementation,
+                normalizer=normalizer,
+                dropout_rate=dropout_rate,
+                return_weights=return_weights,
+            )
+        )
+        return q
+
+    jax.eval_shape(trace, query, key)
+    return found[0]
 
 
 SHORT = spec((2, 16, 4, 64))
@@ -46,7 +82,7 @@ def test_names():
 
 
 def test_short_sequences_on_cpu_use_xla():
-    sel = select_implementation(SHORT, SHORT)
+    sel = select(SHORT, SHORT)
     assert isinstance(sel, Selection)
     assert sel.name == "xla"
     assert "FLASH_MIN_LOGITS" in sel.reason
@@ -54,7 +90,7 @@ def test_short_sequences_on_cpu_use_xla():
 
 def test_long_sequences_use_flash():
     assert 8 * LONG_T * LONG_T >= FLASH_MIN_LOGITS
-    sel = select_implementation(LONG, LONG, is_causal=True)
+    sel = select(LONG, LONG, is_causal=True)
     assert sel.name == "flash"
     assert sel.reason.startswith("B*N*T*S = ")
 
@@ -64,10 +100,10 @@ def test_threshold_is_on_logits_size():
     while 1 * 1 * t * t < FLASH_MIN_LOGITS:
         t *= 2
     below, at = spec((1, t // 2, 1, 8)), spec((1, t, 1, 8))
-    assert select_implementation(below, below).name == "xla"
-    assert select_implementation(at, at).name == "flash"
+    assert select(below, below).name == "xla"
+    assert select(at, at).name == "flash"
     # Unbatched [T, N, H] inputs count B = 1.
-    assert select_implementation(spec((t, 1, 8)), spec((t, 1, 8))).name == "flash"
+    assert select(spec((t, 1, 8)), spec((t, 1, 8))).name == "flash"
 
 
 @pytest.mark.parametrize(
@@ -80,26 +116,26 @@ def test_threshold_is_on_logits_size():
     ],
 )
 def test_softmax_only_options_never_pick_flash(options, reason):
-    sel = select_implementation(LONG, LONG, **options)
+    sel = select(LONG, LONG, **options)
     assert sel.name == "xla"
     assert reason in sel.reason
     with pytest.raises(ValueError, match=f"implementation='flash'.*{reason}"):
-        select_implementation(LONG, LONG, implementation="flash", **options)
+        select(LONG, LONG, implementation="flash", **options)
 
 
 def test_unknown_implementation_raises():
     with pytest.raises(ValueError, match="one of"):
-        select_implementation(SHORT, SHORT, implementation="triton")
+        select(SHORT, SHORT, implementation="triton")
 
 
 def test_forced_xla_and_flash_are_honored():
-    assert select_implementation(LONG, LONG, implementation="xla").name == "xla"
-    assert select_implementation(SHORT, SHORT, implementation="flash").name == "flash"
+    assert select(LONG, LONG, implementation="xla").name == "xla"
+    assert select(SHORT, SHORT, implementation="flash").name == "flash"
 
 
 def test_forced_cudnn_on_cpu_raises():
     with pytest.raises(ValueError, match="platform 'cpu'.*NVIDIA GPU"):
-        select_implementation(BF16, BF16, implementation="cudnn")
+        select(BF16, BF16, implementation="cudnn")
 
 
 def test_forced_cudnn_raises_through_dot_product_attention():
@@ -112,7 +148,7 @@ def test_forced_cudnn_raises_through_dot_product_attention():
 
 def test_forced_tokamax_not_installed_raises(tokamax_missing):
     with pytest.raises(ValueError, match="tokamax is not installed"):
-        select_implementation(BF16, BF16, implementation="tokamax")
+        select(BF16, BF16, implementation="tokamax")
 
 
 def test_tokamax_detection_uses_find_spec(monkeypatch):
@@ -125,9 +161,9 @@ def test_tokamax_detection_uses_find_spec(monkeypatch):
 
 
 def test_cudnn_selected_on_gpu(on_gpu, tokamax_missing):
-    sel = select_implementation(BF16, BF16, is_causal=True, key_value_seq_lengths=jnp.ones(1))
+    sel = select(BF16, BF16, is_causal=True, key_value_seq_lengths=jnp.ones(1, jnp.int32))
     assert sel == Selection("cudnn", "NVIDIA GPU and options cuDNN supports")
-    assert select_implementation(BF16, BF16, implementation="cudnn").name == "cudnn"
+    assert select(BF16, BF16, implementation="cudnn").name == "cudnn"
 
 
 @pytest.mark.parametrize(
@@ -149,14 +185,14 @@ def test_cudnn_selected_on_gpu(on_gpu, tokamax_missing):
 def test_cudnn_blockers(on_gpu, tokamax_missing, query, options, blocker):
     key = spec((1, query.shape[1], 8, query.shape[3]), query.dtype)
     with pytest.raises(ValueError, match=f"implementation='cudnn'.*{blocker}"):
-        select_implementation(query, key, implementation="cudnn", **options)
+        select(query, key, implementation="cudnn", **options)
     # Automatic selection falls back to a path that serves the options.
-    assert select_implementation(query, key, **options).name in ("xla", "flash")
+    assert select(query, key, **options).name in ("xla", "flash")
 
 
 def test_cudnn_accepts_left_windows_and_causal_windows(on_gpu):
     for options in (dict(local_window_size=(8, 0)), dict(is_causal=True, local_window_size=8)):
-        assert select_implementation(BF16, BF16, implementation="cudnn", **options).name == "cudnn"
+        assert select(BF16, BF16, implementation="cudnn", **options).name == "cudnn"
 
 
 def test_cudnn_head_dim_limit_depends_on_architecture(monkeypatch):
@@ -164,16 +200,16 @@ def test_cudnn_head_dim_limit_depends_on_architecture(monkeypatch):
     q = spec((1, 256, 4, 256), jnp.bfloat16)
     monkeypatch.setattr(dispatch, "_cuda_compute_capability", lambda: (8, 0))
     with pytest.raises(ValueError, match="<= 128"):
-        select_implementation(q, q, implementation="cudnn")
+        select(q, q, implementation="cudnn")
     monkeypatch.setattr(dispatch, "_cuda_compute_capability", lambda: (9, 0))
-    assert select_implementation(q, q, implementation="cudnn").name == "cudnn"
+    assert select(q, q, implementation="cudnn").name == "cudnn"
 
 
 def test_tokamax_selected_on_gpu_when_cudnn_cannot(on_gpu, tokamax_installed):
     # float32 or a softcap rule out cuDNN; tokamax serves both.
-    assert select_implementation(LONG, LONG).name == "tokamax"
-    assert select_implementation(BF16, BF16, softcap=20.0).name == "tokamax"
-    assert select_implementation(BF16, BF16).name == "cudnn"
+    assert select(LONG, LONG).name == "tokamax"
+    assert select(BF16, BF16, softcap=20.0).name == "tokamax"
+    assert select(BF16, BF16).name == "cudnn"
 
 
 @pytest.mark.parametrize(
@@ -187,18 +223,18 @@ def test_tokamax_selected_on_gpu_when_cudnn_cannot(on_gpu, tokamax_installed):
 def test_tokamax_blockers(on_gpu, tokamax_installed, options, blocker):
     query = options.pop("query", LONG)
     with pytest.raises(ValueError, match=f"implementation='tokamax'.*{blocker}"):
-        select_implementation(query, LONG, implementation="tokamax", **options)
-    assert select_implementation(query, LONG, **options).name in ("xla", "flash")
+        select(query, LONG, implementation="tokamax", **options)
+    assert select(query, LONG, **options).name in ("xla", "flash")
 
 
 def test_no_fused_kernel_off_nvidia(monkeypatch, tokamax_installed):
     monkeypatch.setattr(dispatch, "_platform", lambda: "tpu")
     short_bf16 = spec(SHORT.shape, jnp.bfloat16)
-    assert select_implementation(short_bf16, short_bf16).name == "xla"
-    assert select_implementation(BF16, BF16).name == "flash"
+    assert select(short_bf16, short_bf16).name == "xla"
+    assert select(BF16, BF16).name == "flash"
     monkeypatch.setattr(dispatch, "_platform", lambda: "rocm")
     with pytest.raises(ValueError, match="platform 'rocm'"):
-        select_implementation(BF16, BF16, implementation="cudnn")
+        select(BF16, BF16, implementation="cudnn")
 
 
 def test_platform_on_this_machine_is_cpu():

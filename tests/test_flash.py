@@ -508,10 +508,18 @@ def test_dot_product_attention_routes_to_flash():
     "kwargs, error, match",
     [
         (dict(key=jnp.ones((1, 4, 2, 5))), ValueError, "head dim"),
-        (dict(query=jnp.ones((1, 3, 3, 4))), ValueError, "multiple of key/value heads"),
+        (
+            dict(query=jnp.ones((1, 3, 3, 4))),
+            ValueError,
+            r"flash_attention: the number of query heads N=3 must be a multiple of the key/value heads K=2",
+        ),
         (dict(query=jnp.ones((1, 3, 2, 4), jnp.int32)), TypeError, "floating-point"),
         (dict(mask=jnp.ones((1, 2, 3, 4))), TypeError, "boolean"),
-        (dict(bias=jnp.ones((3, 3, 4))), ValueError, "does not broadcast"),
+        (
+            dict(bias=jnp.ones((3, 3, 4))),
+            ValueError,
+            r"flash_attention: bias must be broadcastable to \[B, N, T, S\]=\(1, 2, 3, 4\), got float32 array of shape \(3, 3, 4\)",
+        ),
         (dict(softcap=0.0), ValueError, "softcap"),
         (dict(block_q=0), ValueError, "block_q"),
         (dict(block_k=2.5), ValueError, "block_k"),
@@ -534,7 +542,9 @@ def test_same_errors_as_materialized_path():
         for fn in (flash_attention, dot_product_attention):
             with pytest.raises(ValueError) as info:
                 fn(q, k, k, **kwargs)
-            messages.append(str(info.value))
+            caller, message = str(info.value).split(": ", 1)
+            assert caller == fn.__name__
+            messages.append(message)
         assert messages[0] == messages[1]
 
 
@@ -648,3 +658,19 @@ def test_causal_visits_about_half_the_blocks():
     aux = dict(q_len=None, kv_len=None)
     visited = sum(int(hi - lo) for lo, _, _, hi in (_kv_ranges(cfg, i, aux) for i in range(16)))
     assert visited == 16 * 17 // 2
+
+
+def test_dot_product_attention_forwards_flash_block_sizes():
+    rng = np.random.default_rng(11)
+    q = jnp.asarray(rng.normal(size=(2, 37, 4, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(2, 29, 2, 8)), jnp.float32)
+    expected = dot_product_attention(q, k, k, is_causal=True, implementation="xla")
+    for bq, bk in ((8, 16), (37, 5), (None, 7)):
+        out = dot_product_attention(
+            q, k, k, is_causal=True, implementation="flash", block_q=bq, block_k=bk
+        )
+        chex.assert_trees_all_close(out, expected, atol=1e-5, rtol=1e-5)
+        direct = flash_attention(q, k, k, is_causal=True, block_q=bq, block_k=bk)
+        chex.assert_trees_all_close(out, direct, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"dot_product_attention: block_k must be an int >= 1"):
+        dot_product_attention(q, k, k, implementation="flash", block_k=0)

@@ -14,7 +14,7 @@ from jax.experimental import checkify
 
 import attention_jax as aj
 from attention_jax import nn as ajnn
-from attention_jax.nn.generate import _generate
+from attention_jax.nn.generation import _generate
 
 VOCAB, MAX_LEN, B, T, PREFILL, NEW = 11, 12, 2, 8, 3, 5
 

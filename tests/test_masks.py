@@ -183,14 +183,14 @@ def builder_cases(draw):
     if draw(st.booleans()):
         opts["key_value_seq_lengths"] = rng.integers(0, s + 1, b).astype(np.int32)
     if draw(st.booleans()):
-        opts["q_segment_ids"] = rng.integers(0, 2, (b, t)).astype(np.int32)
-        opts["kv_segment_ids"] = rng.integers(0, 2, (b, s)).astype(np.int32)
+        opts["query_segment_ids"] = rng.integers(0, 2, (b, t)).astype(np.int32)
+        opts["key_value_segment_ids"] = rng.integers(0, 2, (b, s)).astype(np.int32)
     positions = draw(st.sampled_from(["none", "offset", "batched"]))
     if positions == "offset":
-        opts["q_positions"] = np.arange(t, dtype=np.int32) + (s - t)
+        opts["query_positions"] = np.arange(t, dtype=np.int32) + (s - t)
     elif positions == "batched":
-        opts["q_positions"] = (rng.integers(0, s + 1, (b, 1)) + np.arange(t)).astype(np.int32)
-        opts["kv_positions"] = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
+        opts["query_positions"] = (rng.integers(0, s + 1, (b, 1)) + np.arange(t)).astype(np.int32)
+        opts["key_value_positions"] = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
     return b, t, s, opts
 
 
@@ -199,14 +199,14 @@ def _reference_for(b, t, s, opts):
         b,
         t,
         s,
-        q_pos=opts.get("q_positions"),
-        kv_pos=opts.get("kv_positions"),
+        q_pos=opts.get("query_positions"),
+        kv_pos=opts.get("key_value_positions"),
         causal=opts.get("is_causal", False),
         window=opts.get("local_window_size"),
         q_lengths=opts.get("query_seq_lengths"),
         kv_lengths=opts.get("key_value_seq_lengths"),
-        q_seg=opts.get("q_segment_ids"),
-        kv_seg=opts.get("kv_segment_ids"),
+        q_seg=opts.get("query_segment_ids"),
+        kv_seg=opts.get("key_value_segment_ids"),
     )
 
 
@@ -216,7 +216,7 @@ def test_attention_mask_matches_reference(case):
     b, t, s, opts = case
     got = attention_mask(jnp.arange(t), jnp.arange(s), **opts)
     expected = _reference_for(b, t, s, opts)
-    masking = {k for k in opts if k not in ("q_positions", "kv_positions")}
+    masking = {k for k in opts if k not in ("query_positions", "key_value_positions")}
     if not masking:
         assert got is None
     else:
@@ -236,12 +236,12 @@ def test_attention_mask_on_a_block_is_the_slice_of_the_full_mask(case, seed):
     q1, kv1 = rng.integers(q0 + 1, t + 1), rng.integers(kv0 + 1, s + 1)
     full = np.broadcast_to(_reference_for(b, t, s, opts), (b, 1, t, s))
     block_opts = dict(opts)
-    for name, lo, hi in (("q_positions", q0, q1), ("kv_positions", kv0, kv1)):
+    for name, lo, hi in (("query_positions", q0, q1), ("key_value_positions", kv0, kv1)):
         if name in opts:
             block_opts[name] = opts[name][..., lo:hi]
-    if "q_segment_ids" in opts:
-        block_opts["q_segment_ids"] = opts["q_segment_ids"][:, q0:q1]
-        block_opts["kv_segment_ids"] = opts["kv_segment_ids"][:, kv0:kv1]
+    if "query_segment_ids" in opts:
+        block_opts["query_segment_ids"] = opts["query_segment_ids"][:, q0:q1]
+        block_opts["key_value_segment_ids"] = opts["key_value_segment_ids"][:, kv0:kv1]
     got = attention_mask(jnp.arange(q0, q1), jnp.arange(kv0, kv1), **block_opts)
     assert_mask_equal(got, full[:, :, q0:q1, kv0:kv1])
 
@@ -284,13 +284,13 @@ class MaskVariantsTest(chex.TestCase):
     def test_attention_mask_with_everything(self):
         b, t, s = 2, 3, 5
         opts = dict(
-            q_positions=np.array([[2, 3, 4], [1, 2, 3]], np.int32),
+            query_positions=np.array([[2, 3, 4], [1, 2, 3]], np.int32),
             is_causal=True,
             local_window_size=(2, 0),
             query_seq_lengths=np.array([3, 2], np.int32),
             key_value_seq_lengths=np.array([5, 3], np.int32),
-            q_segment_ids=np.array([[0, 1, 1], [0, 0, 0]], np.int32),
-            kv_segment_ids=np.array([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]], np.int32),
+            query_segment_ids=np.array([[0, 1, 1], [0, 0, 0]], np.int32),
+            key_value_segment_ids=np.array([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]], np.int32),
         )
         arrays = {k: v for k, v in opts.items() if isinstance(v, np.ndarray)}
         static = {k: v for k, v in opts.items() if k not in arrays}
@@ -309,43 +309,63 @@ class MaskVariantsTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(-1, 2.0, True, None)
     def test_bad_length_raises(self, bad):
-        with pytest.raises(ValueError, match=r"q_len must be a non-negative Python int"):
+        with pytest.raises(ValueError, match=r"causal_mask: q_len must be an int >= 0, got"):
             self.variant(lambda: causal_mask(bad, 3))()
-        with pytest.raises(ValueError, match=r"kv_len must be a non-negative Python int"):
+        with pytest.raises(
+            ValueError, match=r"sliding_window_mask: kv_len must be an int >= 0, got"
+        ):
             self.variant(lambda: sliding_window_mask(3, bad, 1))()
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(((-1, 2),), ((1, -2),), (-1,), ((1.5, 2),), ((True, 1),), ("ab",))
     def test_bad_window_raises(self, window):
-        with pytest.raises(ValueError, match=r"local_window_size must hold non-negative ints"):
+        with pytest.raises(
+            ValueError,
+            match=r"sliding_window_mask: local_window_size must be an int >= 0 or a \(left, right\) pair of them, got",
+        ):
             self.variant(lambda: sliding_window_mask(3, 4, window))()
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(((1, 2, 3),), (1.0,), ((4,),))
     def test_window_not_a_pair_raises(self, window):
-        with pytest.raises(ValueError, match=r"local_window_size must be an int or a \(left, "):
+        with pytest.raises(
+            ValueError,
+            match=r"attention_mask: local_window_size must be an int >= 0 or a \(left, right\) pair of them, got",
+        ):
             self.variant(
                 lambda: attention_mask(jnp.arange(3), jnp.arange(4), local_window_size=window)
             )()
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_float_segment_ids_raise(self):
-        with pytest.raises(ValueError, match=r"q_segment_ids must be an integer array.*float32"):
+        with pytest.raises(
+            TypeError,
+            match=r"segment_mask: query_segment_ids must be an integer array, got float32 array",
+        ):
             self.variant(segment_mask)(jnp.zeros((2, 3)))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_segment_ids_of_wrong_rank_raise(self):
-        with pytest.raises(ValueError, match=r"kv_segment_ids must be an integer array.*\(3,\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"segment_mask: key_value_segment_ids must be of shape \[B, T\], got int32 \(3,\)",
+        ):
             self.variant(segment_mask)(jnp.zeros((2, 3), jnp.int32), jnp.zeros(3, jnp.int32))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_segment_ids_batch_mismatch_raises(self):
-        with pytest.raises(ValueError, match=r"\(2, 3\) and kv_segment_ids \(1, 4\).*batch"):
+        with pytest.raises(
+            ValueError,
+            match=r"segment_mask: query_segment_ids and key_value_segment_ids must share the batch size, got \(2, 3\) and \(1, 4\)",
+        ):
             self.variant(segment_mask)(jnp.zeros((2, 3), jnp.int32), jnp.zeros((1, 4), jnp.int32))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_non_boolean_mask_to_combine_raises(self):
-        with pytest.raises(TypeError, match=r"combine_masks takes boolean masks.*int32"):
+        with pytest.raises(
+            TypeError,
+            match=r"combine_masks: masks must be a boolean array, got int32 array of shape \(2, 3\)",
+        ):
             self.variant(combine_masks)(jnp.ones((2, 3), bool), jnp.ones((2, 3), jnp.int32))
 
 

@@ -429,20 +429,28 @@ class EdgeCaseTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(*[(k, k) for k in NORMALIZERS])
     def test_where_that_does_not_broadcast_raises(self, name):
-        with pytest.raises(ValueError, match=r"where must be broadcastable to x=\(3, 4\), got bool array of shape \(2, 4\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"where must be broadcastable to x=\(3, 4\), got bool array of shape \(2, 4\)",
+        ):
             self.variant(lambda z: NORMALIZERS[name](z, where=jnp.ones((2, 4), bool)))(
                 jnp.ones((3, 4))
             )
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_where_larger_than_x_raises(self):
-        with pytest.raises(ValueError, match=r"where must be broadcastable to x=\(4,\), got bool array of shape \(2, 4\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"where must be broadcastable to x=\(4,\), got bool array of shape \(2, 4\)",
+        ):
             self.variant(lambda z: softmax(z, where=jnp.ones((2, 4), bool)))(jnp.ones(4))
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(0.0, -1.0, math.nan)
     def test_bad_temperature_raises(self, temperature):
-        with pytest.raises(ValueError, match=r"softmax: temperature must be a finite number > 0, got"):
+        with pytest.raises(
+            ValueError, match=r"softmax: temperature must be a finite number > 0, got"
+        ):
             self.variant(lambda z: softmax(z, temperature=temperature))(jnp.ones(4))
 
     @chex.variants(with_jit=True, without_jit=True)

@@ -8,7 +8,7 @@ from attention_jax.nn.config import AttentionConfig, TransformerConfig
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.encoder import TransformerClassifier, TransformerEncoder
 from attention_jax.nn.encoder_decoder import EncoderDecoder
-from attention_jax.nn.generate import generate, sample_logits
+from attention_jax.nn.generation import generate, sample_logits
 from attention_jax.nn.lm import TransformerLM
 from attention_jax.nn.mlp import MLP
 from attention_jax.nn.positional import LearnedPositionalEmbedding, T5RelativeBias
