@@ -63,7 +63,7 @@ def materialized_logits_and_mask(inp: AttentionInputs) -> tuple[jax.Array, jax.A
 
 
 def _materialized_attention(
-    inp: AttentionInputs, *, normalizer, dropout_rate, dropout_rng
+    inp: AttentionInputs, *, normalizer, attention_dropout, dropout_rng
 ) -> tuple[jax.Array, jax.Array]:
     b, t, s, n, k, h = inp.dims
     logits, mask = materialized_logits_and_mask(inp)
@@ -73,9 +73,9 @@ def _materialized_attention(
     if mask is not None:
         # Guarantees zero weight on masked keys whatever a custom normalizer returns.
         weights = jnp.where(mask, weights, 0.0)
-    if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    if attention_dropout > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - attention_dropout, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - attention_dropout), 0.0)
     out = lax.dot_general(
         weights.reshape(b, k, -1, s),
         inp.value.astype(weights.dtype).transpose(0, 2, 1, 3),
@@ -189,7 +189,7 @@ def dot_product_attention(
     bias_fn: Callable | None = None,
     softcap: float | None = None,
     normalizer: str | Callable = "softmax",
-    dropout_rate: float = 0.0,
+    attention_dropout: float = 0.0,
     dropout_rng: jax.Array | None = None,
     return_weights: bool = False,
     implementation: str | None = None,
@@ -245,8 +245,8 @@ def dot_product_attention(
         before the bias is added.
       normalizer: ``"softmax"``, ``"softmax_one"``, ``"sparsemax"``, ``"sigmoid"`` or a
         callable ``(logits, where) -> weights``.
-      dropout_rate: attention-weight dropout rate in ``[0, 1)``.
-      dropout_rng: a ``jax.random`` key, required when ``dropout_rate > 0``.
+      attention_dropout: attention-weight dropout rate in ``[0, 1)``.
+      dropout_rng: a ``jax.random`` key, required when ``attention_dropout > 0``.
       return_weights: also return the float32 weights ``[B, N, T, S]`` (materialized path);
       with dropout these are the weights actually applied (after dropout).
       implementation: None (choose; see :func:`attention_jax.select_implementation`) or a name
@@ -288,22 +288,22 @@ def dot_product_attention(
         fn=fn,
     )
     normalizers.get_normalizer(normalizer, fn=fn)
-    dropout_rate = _checks.check_rate(dropout_rate, "dropout_rate", fn=fn)
-    if dropout_rate > 0.0 and dropout_rng is None:
+    attention_dropout = _checks.check_rate(attention_dropout, "attention_dropout", fn=fn)
+    if attention_dropout > 0.0 and dropout_rng is None:
         raise ValueError(
-            f"{fn}: dropout_rng must be a jax.random key when dropout_rate > 0, got None."
+            f"{fn}: dropout_rng must be a jax.random key when attention_dropout > 0, got None."
         )
     selection = select_implementation(
         inp,
         implementation=implementation,
         normalizer=normalizer,
-        dropout_rate=dropout_rate,
+        attention_dropout=attention_dropout,
         return_weights=return_weights,
     )
     weights = None
     if selection.name == "xla":
         out, weights = _materialized_attention(
-            inp, normalizer=normalizer, dropout_rate=dropout_rate, dropout_rng=dropout_rng
+            inp, normalizer=normalizer, attention_dropout=attention_dropout, dropout_rng=dropout_rng
         )
     elif selection.name == "flash":
         out, _ = flash_attention_canonical(inp, block_q=block_q, block_k=block_k)

@@ -79,13 +79,13 @@ def _tokamax_installed() -> bool:
     return importlib.util.find_spec("tokamax") is not None
 
 
-def _softmax_only_blockers(normalizer, dropout_rate, return_weights) -> list[str]:
+def _softmax_only_blockers(normalizer, attention_dropout, return_weights) -> list[str]:
     """Options that only the materialized path serves."""
     out = []
     if return_weights:
         out.append("return_weights=True (the weights are never materialized)")
-    if dropout_rate > 0.0:
-        out.append(f"dropout_rate={dropout_rate} (attention-weight dropout)")
+    if attention_dropout > 0.0:
+        out.append(f"attention_dropout={attention_dropout} (attention-weight dropout)")
     if not (isinstance(normalizer, str) and normalizer == "softmax"):
         out.append(f"normalizer={normalizer!r} (only 'softmax')")
     return out
@@ -165,7 +165,7 @@ def select_implementation(
     *,
     implementation: str | None = None,
     normalizer="softmax",
-    dropout_rate: float = 0.0,
+    attention_dropout: float = 0.0,
     return_weights: bool = False,
 ) -> Selection:
     """Chooses the attention implementation for one canonical attention call.
@@ -192,7 +192,7 @@ def select_implementation(
         :func:`attention_jax.dot_product_attention`).
       implementation: None to choose automatically, or a name from :data:`IMPLEMENTATIONS`.
       normalizer: the attention normalizer requested.
-      dropout_rate: attention dropout requested.
+      attention_dropout: attention dropout requested.
       return_weights: whether the caller wants the ``[B, N, T, S]`` weights back.
 
     Returns:
@@ -208,7 +208,7 @@ def select_implementation(
             f"select_implementation: implementation must be None or one of {IMPLEMENTATIONS}, "
             f"got {implementation!r}."
         )
-    softmax_only = _softmax_only_blockers(normalizer, dropout_rate, return_weights)
+    softmax_only = _softmax_only_blockers(normalizer, attention_dropout, return_weights)
     if implementation == "xla":
         return Selection("xla", "requested")
     if implementation is not None:

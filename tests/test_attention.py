@@ -140,7 +140,7 @@ def np_attention(
     softcap=None,
     normalizer="softmax",
     dropout_keep=None,
-    dropout_rate=0.0,
+    attention_dropout=0.0,
 ):
     """Loop reference of dot_product_attention: returns (out [B,T,N,H], weights [B,N,T,S])."""
     q, k, v = (np.asarray(a, np.float64) for a in (query, key, value))
@@ -187,7 +187,7 @@ def np_attention(
                         allowed[j] &= _to4(mask, b, n, t, s)[bi, ni, i, j]
                 w = row_fn(logits[i], allowed)
                 if dropout_keep is not None:
-                    w = np.where(dropout_keep[bi, ni, i], w / (1.0 - dropout_rate), 0.0)
+                    w = np.where(dropout_keep[bi, ni, i], w / (1.0 - attention_dropout), 0.0)
                 weights[bi, ni, i] = w
                 out[bi, i, ni] = w @ v[bi, :, kv_head]
                 if query_seq_lengths is not None and i >= query_seq_lengths[bi]:
@@ -624,7 +624,7 @@ class AttentionVariantsTest(chex.TestCase):
         @self.variant
         def attend(q, k, v, rng):
             return dot_product_attention(
-                q, k, v, dropout_rate=rate, dropout_rng=rng, return_weights=True
+                q, k, v, attention_dropout=rate, dropout_rng=rng, return_weights=True
             )
 
         key0, key1 = jax.random.key(0), jax.random.key(1)
@@ -639,7 +639,9 @@ class AttentionVariantsTest(chex.TestCase):
         keep = w0 != 0.0
         n_draws = keep.size
         assert abs((1.0 - keep.mean()) - rate) < 5 * math.sqrt(rate * (1 - rate) / n_draws)
-        expected_out, expected_weights = np_attention(q, k, v, dropout_keep=keep, dropout_rate=rate)
+        expected_out, expected_weights = np_attention(
+            q, k, v, dropout_keep=keep, attention_dropout=rate
+        )
         assert_close(w0, expected_weights, **F32)
         assert_close(out0, expected_out, **F32)
         # The dropped weights are unbiased: they sum to 1 in expectation.
@@ -647,10 +649,12 @@ class AttentionVariantsTest(chex.TestCase):
         assert np.all(np.abs(row_sums - 1.0) < 0.15)
 
     @chex.variants(with_jit=True, without_jit=True)
-    def test_zero_dropout_rate_ignores_rng(self):
+    def test_zero_attention_dropout_ignores_rng(self):
         q, k, v = _inputs()
         fn = self.variant(
-            lambda q, k, v, rng: dot_product_attention(q, k, v, dropout_rate=0.0, dropout_rng=rng)
+            lambda q, k, v, rng: dot_product_attention(
+                q, k, v, attention_dropout=0.0, dropout_rng=rng
+            )
         )
         chex.assert_trees_all_close(
             fn(q, k, v, jax.random.key(0)), dot_product_attention(q, k, v), **F32
@@ -908,18 +912,20 @@ class AttentionVariantsTest(chex.TestCase):
     def test_dropout_without_rng(self):
         self._raises(
             ValueError,
-            r"dot_product_attention: dropout_rng must be a jax.random key when dropout_rate > 0, got None",
-            lambda q, k, v: dot_product_attention(q, k, v, dropout_rate=0.1),
+            r"dot_product_attention: dropout_rng must be a jax.random key when attention_dropout > 0, got None",
+            lambda q, k, v: dot_product_attention(q, k, v, attention_dropout=0.1),
             *_inputs(),
         )
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(-0.1, 1.0)
-    def test_bad_dropout_rate(self, rate):
+    def test_bad_attention_dropout(self, rate):
         self._raises(
             ValueError,
-            r"dot_product_attention: dropout_rate must be a number in \[0, 1\), got",
-            lambda q, k, v, rng: dot_product_attention(q, k, v, dropout_rate=rate, dropout_rng=rng),
+            r"dot_product_attention: attention_dropout must be a number in \[0, 1\), got",
+            lambda q, k, v, rng: dot_product_attention(
+                q, k, v, attention_dropout=rate, dropout_rng=rng
+            ),
             *_inputs(),
             jax.random.key(0),
         )

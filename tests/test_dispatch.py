@@ -29,7 +29,7 @@ def select(
     *,
     implementation=None,
     normalizer="softmax",
-    dropout_rate=0.0,
+    attention_dropout=0.0,
     return_weights=False,
     **options,
 ):
@@ -44,7 +44,7 @@ def select(
                 inputs,
                 implementation=implementation,
                 normalizer=normalizer,
-                dropout_rate=dropout_rate,
+                attention_dropout=attention_dropout,
                 return_weights=return_weights,
             )
         )
@@ -110,7 +110,7 @@ def test_threshold_is_on_logits_size():
     "options, reason",
     [
         (dict(return_weights=True), "return_weights"),
-        (dict(dropout_rate=0.1), "dropout"),
+        (dict(attention_dropout=0.1), "dropout"),
         (dict(normalizer="sparsemax"), "normalizer"),
         (dict(normalizer=lambda x, where=None: x), "normalizer"),
     ],
@@ -178,7 +178,7 @@ def test_cudnn_selected_on_gpu(on_gpu, tokamax_missing):
         (BF16, dict(is_causal=True, query_positions=jnp.arange(1024)), "positions"),
         (BF16, dict(local_window_size=(4, 2)), "right=2"),
         (spec((1, 1023, 8, 64), jnp.bfloat16), dict(bias=jnp.zeros((1, 1, 1, 1))), "odd"),
-        (BF16, dict(dropout_rate=0.1), "dropout"),
+        (BF16, dict(attention_dropout=0.1), "dropout"),
         (BF16, dict(normalizer="softmax_one"), "normalizer"),
     ],
 )

@@ -358,9 +358,9 @@ class MultiHeadAttention(nnx.Module):
             key_value_seq_lengths = jnp.broadcast_to(cache.length, (batch,))
 
         cfg = self.config
-        dropout_rate, dropout_rng = 0.0, None
+        attention_dropout, dropout_rng = 0.0, None
         if cfg.attention_dropout > 0 and not deterministic:
-            dropout_rate = cfg.attention_dropout
+            attention_dropout = cfg.attention_dropout
             stream = self.dropout_rngs if rngs is None else rngs
             if isinstance(stream, nnx.Rngs):
                 stream = stream["dropout"]
@@ -381,7 +381,7 @@ class MultiHeadAttention(nnx.Module):
             bias_fn=self.bias_fn(bias_fn),
             softcap=cfg.softcap,
             normalizer=cfg.normalizer,
-            dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout,
             dropout_rng=dropout_rng,
             return_weights=sow_weights,
             implementation="xla" if sow_weights else cfg.implementation,
