@@ -35,6 +35,7 @@ from attention_jax.positional import RopeScaling, check_t5_config, rotary_dim
 
 __all__ = [
     "AttentionConfig",
+    "AttentionOptions",
     "NORMS",
     "POOLINGS",
     "POSITIONALS",
@@ -106,7 +107,35 @@ def _check_attention(values: dict[str, Any], fn: str) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AttentionConfig:
+class AttentionOptions:
+    """The options of an attention layer that a model config also carries, each declared once.
+
+    :class:`AttentionConfig` (one layer) and :class:`TransformerConfig` (the flat model config)
+    both inherit these fields, so a new attention option is one line here (plus its use) and
+    becomes a keyword of both. See :class:`AttentionConfig` for what each field means.
+    """
+
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    positional: str = "none"
+    rope_base: float = 10000.0
+    rope_fraction: float = 1.0
+    rope_scaling: RopeScaling | None = None
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
+    qk_norm: bool = False
+    normalizer: str | Callable = "softmax"
+    softcap: float | None = None
+    local_window_size: int | tuple[int, int] | None = None
+    attention_dropout: float = 0.0
+    use_bias: bool = False
+    implementation: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AttentionConfig(AttentionOptions):
     """Every option of one attention layer (all keyword-only; validated, frozen, hashable).
 
     Shape letters: ``N`` query heads, ``K`` key/value heads, ``H`` head dim.
@@ -144,24 +173,8 @@ class AttentionConfig:
     """
 
     num_heads: int
-    head_dim: int
-    num_kv_heads: int | None = None
-    positional: str = "none"
-    rope_base: float = 10000.0
-    rope_fraction: float = 1.0
-    rope_scaling: RopeScaling | None = None
-    t5_num_buckets: int = 32
-    t5_max_distance: int = 128
-    t5_bidirectional: bool = True
-    qk_norm: bool = False
-    normalizer: str | Callable = "softmax"
-    softcap: float | None = None
-    local_window_size: int | tuple[int, int] | None = None
-    attention_dropout: float = 0.0
-    use_bias: bool = False
-    implementation: str | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    head_dim: int  # required here: a layer needs its head size
+    t5_bidirectional: bool = True  # per stack in the models (encoder True, decoder False)
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -188,15 +201,16 @@ class AttentionConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TransformerConfig:
+class TransformerConfig(AttentionOptions):
     """Hyperparameters of :class:`TransformerLM`, :class:`TransformerEncoder`,
     :class:`TransformerClassifier` and :class:`EncoderDecoder` (all keyword-only, flat).
 
-    The attention options are the fields that :class:`AttentionConfig` has under the same
-    name (``num_heads``, ``num_kv_heads``, ``head_dim``, ``rope_*``, ``t5_*``, ``qk_norm``,
+    The attention options are inherited from :class:`AttentionOptions` (``num_kv_heads``,
+    ``head_dim``, ``rope_*``, ``t5_num_buckets``, ``t5_max_distance``, ``qk_norm``,
     ``normalizer``, ``softcap``, ``local_window_size``, ``attention_dropout``, ``use_bias``,
-    ``implementation``, ``dtype``, ``param_dtype``); they are validated by the same rules
-    and collected in :attr:`attention_config`.
+    ``implementation``, ``dtype``, ``param_dtype``); with ``num_heads`` and ``positional``
+    they are validated by :class:`AttentionConfig`'s rules and collected in
+    :attr:`attention_config`.
 
     Attributes:
       vocab_size: ``V``.
@@ -247,34 +261,19 @@ class TransformerConfig:
     num_layers: int
     num_heads: int
     max_len: int
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
+    positional: str = "rope"  # a wider choice than a layer's: also "learned", "sinusoidal"
+    dtype: Any = jnp.float32
     mlp_ratio: float = 4
-    positional: str = "rope"
-    rope_base: float = 10000.0
-    rope_fraction: float = 1.0
-    rope_scaling: RopeScaling | None = None
-    t5_num_buckets: int = 32
-    t5_max_distance: int = 128
     norm: str = "layernorm"
     mlp: str = "gelu"
     prenorm: bool = True
     dropout: float = 0.0
-    attention_dropout: float = 0.0
     tie_embeddings: bool = True
     scale_embeddings: bool = False
-    use_bias: bool = False
-    qk_norm: bool = False
-    normalizer: str | Callable = "softmax"
-    softcap: float | None = None
-    local_window_size: int | tuple[int, int] | None = None
     num_encoder_layers: int | None = None
     num_decoder_layers: int | None = None
     num_classes: int | None = None
     pooling: str = "cls"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    implementation: str | None = None
 
     def __post_init__(self):
         fn = type(self).__name__
@@ -384,7 +383,5 @@ class TransformerConfig:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
 
-# The attention options TransformerConfig has: every AttentionConfig field it names alike.
-_SHARED_FIELDS = frozenset(f.name for f in dataclasses.fields(AttentionConfig)) & frozenset(
-    f.name for f in dataclasses.fields(TransformerConfig)
-)
+# The attention options TransformerConfig has: the inherited ones and the head count.
+_SHARED_FIELDS = frozenset(f.name for f in dataclasses.fields(AttentionOptions)) | {"num_heads"}
