@@ -26,6 +26,7 @@ __all__ = [
     "broadcastable",
     "check_choice",
     "check_int",
+    "check_int_in",
     "check_positive",
     "check_rate",
     "check_softcap",
@@ -79,6 +80,14 @@ def check_int(value, name: str, *, fn: str, minimum: int | None = 1) -> int:
     if not is_int(value) or (minimum is not None and value < minimum):
         rule = "an int" if minimum is None else f"an int >= {minimum}"
         raise ValueError(_error(fn, name, rule, value))
+    return int(value)
+
+
+def check_int_in(value, name: str, *, fn: str, low: int, high: int, why: str = "") -> int:
+    """An int in ``[low, high]`` (``why`` explains the bound in the message, e.g.
+    ``" (vocab_size)"``); returns it as a Python int."""
+    if not is_int(value) or not low <= value <= high:
+        raise ValueError(_error(fn, name, f"an int in [{low}, {high}]{why}", value))
     return int(value)
 
 

@@ -38,6 +38,11 @@ X = jnp.ones((1, 4, 2, 8))
             "f: n must be an int, got 2.0.",
         ),
         (
+            lambda: _checks.check_int_in(9, "top_k", fn="f", low=1, high=8, why=" (vocab_size)"),
+            ValueError,
+            "f: top_k must be an int in [1, 8] (vocab_size), got 9.",
+        ),
+        (
             lambda: _checks.check_positive(float("nan"), "lr", fn="f"),
             ValueError,
             "f: lr must be a finite number > 0, got nan.",

@@ -12,23 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from attention_jax._checks import describe, int_array, is_int
+from attention_jax._checks import describe, int_array
 from attention_jax.nn.cache import KVCache
 
 __all__ = [
     "check_cache",
-    "check_int_in",
     "check_seq_lengths",
     "check_tokens",
     "validate_tokens",
 ]
-
-
-def check_int_in(value, name: str, *, fn: str, low: int, high: int, why: str = "") -> int:
-    """An int in ``[low, high]`` (``why`` explains the bound in the message)."""
-    if not is_int(value) or not low <= value <= high:
-        raise ValueError(f"{fn}: {name} must be an int in [{low}, {high}]{why}, got {value!r}.")
-    return int(value)
 
 
 def check_tokens(

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention_jax._checks import describe, float_array
+from attention_jax._checks import check_int_in, describe, float_array
 from attention_jax.nn.cache import EncoderDecoderCache
-from attention_jax.nn.checks import check_int_in, check_seq_lengths, check_tokens
+from attention_jax.nn.checks import check_seq_lengths, check_tokens
 from attention_jax.nn.config import TransformerConfig
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.encoder import TransformerEncoder

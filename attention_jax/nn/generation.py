@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from attention_jax._checks import check_int, describe, is_real
-from attention_jax.nn.checks import check_int_in, check_tokens, validate_tokens
+from attention_jax._checks import check_int, check_int_in, describe, is_real
+from attention_jax.nn.checks import check_tokens, validate_tokens
 from attention_jax.nn.encoder_decoder import EncoderDecoder
 from attention_jax.nn.lm import TransformerLM
 from attention_jax.normalizers import softmax

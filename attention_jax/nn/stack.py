@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention_jax._checks import check_int
+from attention_jax._checks import check_int, check_int_in
 from attention_jax._checks import positions as checked_positions
 from attention_jax.nn.block import TransformerBlock, make_norm
 from attention_jax.nn.cache import KVCache, init_kv_cache
-from attention_jax.nn.checks import check_cache, check_int_in, check_seq_lengths, check_tokens
+from attention_jax.nn.checks import check_cache, check_seq_lengths, check_tokens
 from attention_jax.nn.config import TransformerConfig
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.positional import T5RelativeBias
