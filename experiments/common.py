@@ -39,6 +39,8 @@ from attention_jax.data import (
 )
 from attention_jax.dispatch import IMPLEMENTATIONS
 from attention_jax.nn import TransformerConfig, TransformerLM, generate
+from attention_jax.nn import config as nn_config
+from attention_jax.nn.mlp import MLP_KINDS
 
 __all__ = [
     "CORPUS",
@@ -75,8 +77,8 @@ __all__ = [
 CORPUS = "tinyshakespeare"
 """``--data`` value that selects the Tiny Shakespeare corpus (downloaded once)."""
 
-POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
-"""The ``--positional`` choices: where the model gets token order from."""
+POSITIONALS = nn_config.POSITIONALS
+"""The ``--positional`` choices (``TransformerConfig.positional``'s)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def add_model_flags(
     if positional is not None:
         g.add_argument("--positional", default=positional, choices=POSITIONALS)
     if norm:
-        g.add_argument("--norm", default="layernorm", choices=["layernorm", "rmsnorm"])
+        g.add_argument("--norm", default="layernorm", choices=nn_config.NORMS)
     return g
 
 
@@ -513,7 +515,7 @@ def char_lm_parser(doc: str) -> argparse.ArgumentParser:
         default=128,
         help="T5 bias: distances from this on share the last bucket",
     )
-    g.add_argument("--mlp", default="gelu", choices=["gelu", "swiglu", "relu"])
+    g.add_argument("--mlp", default="gelu", choices=MLP_KINDS)
     g.add_argument(
         "--implementation",
         default=None,
