@@ -7,10 +7,12 @@ and ``generate`` are in :mod:`attention_jax.nn`, training in :mod:`attention_jax
 __version__ = "0.1.0"
 
 # --- functional core (each line re-exports one module's public names) ---
+from attention_jax import flex  # score_mod / mask_mod helpers
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.attention import additive_attention, attention_pool, dot_product_attention
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention, merge_attention
+from attention_jax.flex import BlockMask, create_block_mask
 from attention_jax.masks import (
     attention_mask,
     causal_mask,

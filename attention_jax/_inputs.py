@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention_jax import _checks
+from attention_jax import _checks, flex
 
 __all__ = ["AttentionInputs", "canonicalize_attention_inputs"]
 
@@ -40,6 +40,10 @@ class AttentionInputs(NamedTuple):
       key_value_positions: ``[S]`` or ``[B, S]`` int, or None.
       bias_fn: ``(query_positions, key_value_positions) -> bias``, or None.
       softcap: a positive Python float, or None.
+      score_mod: ``(score, batch, head, q_idx, kv_idx) -> score``, or None.
+      mask_mod: ``(batch, head, q_idx, kv_idx) -> bool``, or None (the block mask's, when
+        only ``block_mask`` is given).
+      block_mask: a :class:`attention_jax.flex.BlockMask` for this call's shapes, or None.
       unbatched: True when the caller passed ``[T, N, H]`` arrays.
     """
 
@@ -59,6 +63,9 @@ class AttentionInputs(NamedTuple):
     key_value_positions: jax.Array | None = None
     bias_fn: Callable | None = None
     softcap: float | None = None
+    score_mod: Callable | None = None
+    mask_mod: Callable | None = None
+    block_mask: Any = None
     unbatched: bool = False
 
     @property
@@ -85,6 +92,9 @@ def canonicalize_attention_inputs(
     key_value_positions=None,
     bias_fn: Callable | None = None,
     softcap=None,
+    score_mod: Callable | None = None,
+    mask_mod: Callable | None = None,
+    block_mask=None,
     fn: str = "dot_product_attention",
 ) -> AttentionInputs:
     """Validates attention arguments and returns them batched, with masks split out.
@@ -174,6 +184,11 @@ def canonicalize_attention_inputs(
         raise ValueError(f"{fn}: scale must be finite, got {scale!r}.")
     if bias_fn is not None and not callable(bias_fn):
         raise TypeError(f"{fn}: bias_fn must be None or a callable, got {bias_fn!r}.")
+    score_mod = flex.check_score_mod(score_mod, fn=fn)
+    mask_mod = flex.check_mask_mod(mask_mod, fn=fn)
+    if block_mask is not None:
+        _check_block_mask(block_mask, mask_mod, (b, n, t, s), unbatched, fn)
+        mask_mod = block_mask.mask_mod
     return AttentionInputs(
         query=query,
         key=key,
@@ -191,5 +206,36 @@ def canonicalize_attention_inputs(
         key_value_positions=kv_pos,
         bias_fn=bias_fn,
         softcap=_checks.check_softcap(softcap, fn=fn),
+        score_mod=score_mod,
+        mask_mod=mask_mod,
+        block_mask=block_mask,
         unbatched=unbatched,
     )
+
+
+def _check_block_mask(block_mask, mask_mod, shape, unbatched: bool, fn: str) -> None:
+    """A :class:`~attention_jax.flex.BlockMask` made for this call's ``[B, N, T, S]``."""
+    if not isinstance(block_mask, flex.BlockMask):
+        raise TypeError(
+            f"{fn}: block_mask must be None or a BlockMask from create_block_mask, got "
+            f"{type(block_mask).__name__}."
+        )
+    b, n, t, s = shape
+    made = block_mask.shape
+    fits = (
+        made[0] in (None, b)
+        and made[1] in (None, n)
+        and made[2:] == (t, s)
+        and not (unbatched and made[0] not in (None, 1))
+    )
+    if not fits:
+        raise ValueError(
+            f"{fn}: block_mask must be made for the call's [B, N, T, S]={shape} (None: any), "
+            f"got a block_mask made for {made}."
+        )
+    if mask_mod is not None and mask_mod is not block_mask.mask_mod:
+        raise ValueError(
+            f"{fn}: mask_mod must be the block_mask's own mask_mod when both are given (a "
+            "block mask only describes its own), got another callable; pass block_mask alone "
+            "or combine the mods with flex.and_masks before create_block_mask."
+        )

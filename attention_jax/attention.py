@@ -12,6 +12,7 @@ from attention_jax import _checks, normalizers
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention_canonical
+from attention_jax.flex import BlockMask, evaluate_on_grid
 from attention_jax.masks import attention_mask, combine_masks
 
 __all__ = ["dot_product_attention", "additive_attention", "attention_pool"]
@@ -44,7 +45,24 @@ def materialized_logits_and_mask(inp: AttentionInputs) -> tuple[jax.Array, jax.A
         q_pos = q_index if inp.query_positions is None else inp.query_positions
         kv_pos = kv_index if inp.key_value_positions is None else inp.key_value_positions
         logits = logits + jnp.asarray(inp.bias_fn(q_pos, kv_pos)).astype(dtype)
+    mod_args = None
+    if inp.score_mod is not None or inp.mask_mod is not None:
+        q_pos = q_index if inp.query_positions is None else inp.query_positions
+        kv_pos = kv_index if inp.key_value_positions is None else inp.key_value_positions
+        mod_args = [
+            (jnp.arange(b, dtype=jnp.int32), (0,)),
+            (jnp.arange(n, dtype=jnp.int32), (1,)),
+            (q_pos.astype(jnp.int32), (0, 2) if q_pos.ndim == 2 else (2,)),
+            (kv_pos.astype(jnp.int32), (0, 3) if kv_pos.ndim == 2 else (3,)),
+        ]
+    if inp.score_mod is not None:
+        scores = [(logits, (0, 1, 2, 3))] + mod_args
+        logits = evaluate_on_grid(inp.score_mod, logits.shape, scores).astype(dtype)
+    mask_mod = None
+    if inp.mask_mod is not None:
+        mask_mod = evaluate_on_grid(inp.mask_mod, (b, n, t, s), mod_args)
     mask = combine_masks(
+        mask_mod,
         inp.mask,
         attention_mask(
             q_index,
@@ -188,6 +206,9 @@ def dot_product_attention(
     key_value_positions: jax.Array | None = None,
     bias_fn: Callable | None = None,
     softcap: float | None = None,
+    score_mod: Callable | None = None,
+    mask_mod: Callable | None = None,
+    block_mask: BlockMask | None = None,
     normalizer: str | Callable = "softmax",
     attention_dropout: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -243,6 +264,17 @@ def dot_product_attention(
         full grid, the flash path per block.
       softcap: optional positive float: logits become ``softcap * tanh(logits / softcap)``
         before the bias is added.
+      score_mod: optional ``(score, batch, head, q_idx, kv_idx) -> score``, written as for
+        scalars (FlexAttention's ``score_mod``; applied with ``jax.vmap`` over every index):
+        ``score`` is the float32 logit after scaling, softcap, ``bias`` and ``bias_fn``,
+        ``head`` the query head (also under GQA), ``q_idx``/``kv_idx`` the positions.
+        Arrays it captures are differentiated (a learned table gets its gradient).
+      mask_mod: optional ``(batch, head, q_idx, kv_idx) -> bool`` (True = may attend), written
+        as for scalars and ANDed with every other mask source.
+      block_mask: optional :class:`attention_jax.flex.BlockMask` from
+        :func:`attention_jax.flex.create_block_mask` for this call's shapes: its
+        ``mask_mod`` applies, and the flash path skips its empty blocks, evaluates the mask
+        only on partial ones and runs with its block sizes.
       normalizer: ``"softmax"``, ``"softmax_one"``, ``"sparsemax"``, ``"sigmoid"`` or a
         callable ``(logits, where) -> weights``.
       attention_dropout: attention-weight dropout rate in ``[0, 1)``.
@@ -285,6 +317,9 @@ def dot_product_attention(
         key_value_positions=key_value_positions,
         bias_fn=bias_fn,
         softcap=softcap,
+        score_mod=score_mod,
+        mask_mod=mask_mod,
+        block_mask=block_mask,
         fn=fn,
     )
     normalizers.get_normalizer(normalizer, fn=fn)

@@ -104,6 +104,10 @@ def _fused_kernel_blockers(inp: AttentionInputs) -> list[str]:
         out.append("bias_fn (pass a dense bias instead)")
     if inp.query_segment_ids is not None:
         out.append("segment_ids")
+    if inp.score_mod is not None:
+        out.append("score_mod (runs on the xla and flash paths)")
+    if inp.mask_mod is not None:
+        out.append("mask_mod / block_mask (run on the xla and flash paths)")
     if _positions_matter(inp):
         out.append("query_positions / key_value_positions with causal, window or bias_fn")
     return out

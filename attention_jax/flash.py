@@ -28,6 +28,7 @@ from jax import lax
 
 from attention_jax import _checks
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
+from attention_jax.flex import BlockMask, create_block_mask, evaluate_on_grid
 from attention_jax.masks import attention_mask, combine_masks
 
 __all__ = ["flash_attention", "merge_attention", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
@@ -51,157 +52,110 @@ class _Config:
     softcap: float | None
     is_causal: bool
     window: tuple[int, int] | None
-    default_positions: bool  # no query/key positions given: block skipping is arithmetic
-    bias_fn: Callable | None  # closure-converted: (q_pos, k_pos, *consts) -> internal layout
+    # Score terms after softcap and the dense bias: bias_fn and score_mod, closure-converted,
+    # (s, q_pos, kv_pos, *consts) -> s in the internal layout; None = none.
+    terms: Callable | None
+    mask_mod: Callable | None  # closure-converted (b, h, q, kv, *mask_consts) -> bool
     acc: Any  # accumulation dtype: float32, or float64 for float64 inputs
-    always_mask: bool  # a dense mask or segment ids: every visited block is masked
-    has_lengths: bool  # query or key/value lengths given
+    can_be_full: bool  # some block may need no mask: the unmasked loop is traced
+    can_be_partial: bool  # some block may need a mask: the masked loop is traced
 
 
 def _ceil_div(a, b):
     return -((-a) // b)
 
 
-def _band(cfg: _Config) -> tuple[int | None, int | None]:
-    """``(left, right)``: a key at position c is visible from position r only if
-    ``r - left <= c <= r + right``; None = unbounded on that side."""
+# ----------------------------------------------------------------------------------------
+# Which blocks to visit: one [nq, nk] plan from every mask source.
+# ----------------------------------------------------------------------------------------
+
+
+def _block_extent(pos, index_blocks, size: int, real: int):
+    """Per block ``(min, max)`` position of its real rows: ``[n]`` each.
+
+    ``pos`` is ``[L]`` or ``[B, L]`` padded positions (None: the indices); only rows below
+    ``real`` count (padded rows repeat the last position, so min/max are unchanged).
+    """
+    if pos is None:
+        lo = index_blocks * size
+        return lo, jnp.minimum(lo + size, real) - 1
+    p = pos.reshape(pos.shape[:-1] + (-1, size))
+    if p.ndim == 3:  # [B, n, size]: the extent over the whole batch
+        return jnp.min(p, axis=(0, 2)), jnp.max(p, axis=(0, 2))
+    return jnp.min(p, axis=-1), jnp.max(p, axis=-1)
+
+
+def block_plan(cfg: _Config, aux) -> jax.Array:
+    """``[nq, nk]`` int32: 0 = no visible entry (skipped), 1 = partial (masked), 2 = full.
+
+    Every mask source is one term: causal/window from the min/max positions of each block
+    (exact for sorted positions, conservative otherwise), padding lengths, padded keys, a dense
+    mask or segment ids (partial wherever visible), a ``mask_mod`` (partial everywhere unless a
+    block mask says which blocks are empty or full, over every batch element and head).
+    """
+    i, j = jnp.arange(cfg.nq), jnp.arange(cfg.nk)
+    q_lo, q_hi = _block_extent(aux["q_pos"], i, cfg.bq, cfg.t)
+    k_lo, k_hi = _block_extent(aux["kv_pos"], j, cfg.bk, cfg.s)
+    q_lo, q_hi, k_lo, k_hi = q_lo[:, None], q_hi[:, None], k_lo[None, :], k_hi[None, :]
+    visible = jnp.ones((cfg.nq, cfg.nk), bool)
+    full = jnp.ones((cfg.nq, cfg.nk), bool)
     left = right = None
     if cfg.window is not None:
         left, right = cfg.window
     if cfg.is_causal:
         right = 0 if right is None else min(right, 0)
-    return left, right
-
-
-# ----------------------------------------------------------------------------------------
-# Which blocks to visit.
-# ----------------------------------------------------------------------------------------
-
-
-def _kv_ranges(cfg: _Config, i, aux):
-    """Key-block ranges for query block ``i``: ``(lo, flo, fhi, hi)``.
-
-    Blocks ``[lo, hi)`` may hold a visible entry; blocks ``[flo, fhi)`` (a sub-range) are fully
-    visible and need no mask. With positions given, ``[lo, hi)`` is only trimmed by the
-    lengths and the per-block decision is left to :func:`_block_visible`.
-    """
-    left, right = _band(cfg)
-    lo = jnp.int32(0)
-    hi = jnp.int32(cfg.nk)
-    s_valid = jnp.int32(cfg.s)
+    if right is not None:
+        visible &= k_lo <= q_hi + right
+        full &= k_hi <= q_lo + right
+    if left is not None:
+        visible &= k_hi >= q_lo - left
+        full &= k_lo >= q_hi - left
+    rows0, rows1 = (i * cfg.bq)[:, None], jnp.minimum((i + 1) * cfg.bq, cfg.t)[:, None]
+    cols0, cols1 = (j * cfg.bk)[None, :], ((j + 1) * cfg.bk)[None, :]
+    full &= cols1 <= cfg.s  # padded keys need the mask
     if aux["kv_len"] is not None:
         kv_len = jnp.clip(aux["kv_len"], 0, cfg.s).astype(jnp.int32)
-        hi = jnp.minimum(hi, _ceil_div(jnp.max(kv_len), cfg.bk))
-        s_valid = jnp.min(kv_len)
-    rows_valid = True
+        visible &= cols0 < jnp.max(kv_len)
+        full &= cols1 <= jnp.min(kv_len)
     if aux["q_len"] is not None:
         q_len = aux["q_len"].astype(jnp.int32)
-        # Query blocks made only of padding rows attend to nothing.
-        hi = jnp.where(i * cfg.bq >= jnp.max(q_len), lo, hi)
-        rows_valid = (i + 1) * cfg.bq <= jnp.min(q_len)
-    if not cfg.default_positions:
-        return lo, lo, lo, jnp.maximum(hi, lo)
-    r0, r1 = i * cfg.bq, (i + 1) * cfg.bq - 1  # first and last row of the block
-    flo, fhi = lo, hi
-    if right is not None:
-        hi = jnp.minimum(hi, (r1 + right) // cfg.bk + 1)
-        fhi = jnp.minimum(fhi, (r0 + right + 1) // cfg.bk)
-    if left is not None:
-        lo = jnp.maximum(lo, (r0 - left) // cfg.bk)
-        flo = jnp.maximum(flo, _ceil_div(r1 - left, cfg.bk))
-    hi = jnp.maximum(hi, lo)
-    fhi = jnp.minimum(fhi, s_valid // cfg.bk)  # blocks with padded keys need the mask
-    flo = jnp.clip(flo, lo, hi)
-    fhi = jnp.clip(fhi, flo, hi)
-    if cfg.always_mask:
-        flo = fhi = lo
-    else:
-        fhi = jnp.where(rows_valid, fhi, flo)
-    return lo, flo, fhi, hi
+        # Query blocks made only of padding rows attend to nothing (they output zeros).
+        visible &= rows0 < jnp.max(q_len)
+        full &= rows1 <= jnp.min(q_len)
+    if aux["mask"] is not None or aux["q_seg"] is not None:
+        full &= False
+    if cfg.mask_mod is not None:
+        if aux["block_state"] is None:
+            full &= False
+        else:
+            state = aux["block_state"].reshape(-1, cfg.nq, cfg.nk)
+            visible &= jnp.any(state > 0, axis=0)
+            full &= jnp.all(state == 2, axis=0)
+    return jnp.where(visible, jnp.where(full, 2, 1), 0).astype(jnp.int32)
 
 
-def _q_ranges(cfg: _Config, j, aux):
-    """Query-block ranges for key block ``j`` (the transpose of :func:`_kv_ranges`)."""
-    left, right = _band(cfg)
-    lo = jnp.int32(0)
-    hi = jnp.int32(cfg.nq)
-    cols_valid = (j + 1) * cfg.bk <= cfg.s
-    if aux["q_len"] is not None:
-        q_len = aux["q_len"].astype(jnp.int32)
-        hi = jnp.minimum(hi, _ceil_div(jnp.clip(jnp.max(q_len), 0, cfg.t), cfg.bq))
-        fq = jnp.clip(jnp.min(q_len), 0, cfg.t) // cfg.bq
-    else:
-        fq = jnp.int32(cfg.nq)  # padded query rows need no mask: their cotangent is 0
-    if aux["kv_len"] is not None:
-        kv_len = jnp.clip(aux["kv_len"], 0, cfg.s).astype(jnp.int32)
-        hi = jnp.where(j * cfg.bk >= jnp.max(kv_len), lo, hi)
-        cols_valid = (j + 1) * cfg.bk <= jnp.min(kv_len)
-    if not cfg.default_positions:
-        return lo, lo, lo, jnp.maximum(hi, lo)
-    c0, c1 = j * cfg.bk, (j + 1) * cfg.bk - 1
-    flo, fhi = lo, jnp.minimum(hi, fq)
-    if right is not None:
-        lo = jnp.maximum(lo, (c0 - right) // cfg.bq)
-        flo = jnp.maximum(flo, _ceil_div(c1 - right, cfg.bq))
-    if left is not None:
-        hi = jnp.minimum(hi, (c1 + left) // cfg.bq + 1)
-        fhi = jnp.minimum(fhi, (c0 + left + 1) // cfg.bq)
-    hi = jnp.maximum(hi, lo)
-    flo = jnp.clip(flo, lo, hi)
-    fhi = jnp.clip(fhi, flo, hi)
-    if cfg.always_mask:
-        flo = fhi = lo
-    else:
-        fhi = jnp.where(cols_valid, fhi, flo)
-    return lo, flo, fhi, hi
+def _visit_order(plan):
+    """Per row of ``plan``: the columns to visit, full ones first (ascending), then partial;
+    and the number of each. ``(order [n, m], n_full [n], n_partial [n])``."""
+    m = plan.shape[1]
+    rank = jnp.where(plan == 2, 0, jnp.where(plan == 1, 1, 2)) * m + jnp.arange(m)
+    order = jnp.argsort(rank, axis=1).astype(jnp.int32)
+    return order, jnp.sum(plan == 2, axis=1), jnp.sum(plan == 1, axis=1)
 
 
-def _block_visible(cfg: _Config, i, j, aux):
-    """Whether block (i, j) may hold a visible entry, from the min/max positions of its rows
-    and columns (exact for sorted positions, conservative otherwise); None when that is
-    decided statically by the loop ranges."""
-    left, right = _band(cfg)
-    if cfg.default_positions or (left is None and right is None):
-        return None
-    q_index, kv_index, q_pos, kv_pos = _block_positions(cfg, i, j, aux)
-    q_pos = q_index if q_pos is None else q_pos
-    kv_pos = kv_index if kv_pos is None else kv_pos
-    visible = jnp.bool_(True)
-    if right is not None:
-        visible &= jnp.min(kv_pos) <= jnp.max(q_pos) + right
-    if left is not None:
-        visible &= jnp.max(kv_pos) >= jnp.min(q_pos) - left
-    return visible
-
-
-def _loops(cfg: _Config, forward: bool) -> tuple[bool, bool]:
-    """``(unmasked, masked)``: which of the two block loops can run, decided statically so
-    that no empty loop is traced (each loop body costs compile time)."""
-    if cfg.always_mask or not cfg.default_positions:
-        return False, True
-    left, right = _band(cfg)
-    ragged = cfg.s % cfg.bk != 0 or cfg.has_lengths
-    # Forward: the partially visible key blocks of a query block sit at the left edge of the
-    # window and at the causal/right edge; the backward pass transposes the roles.
-    lower = (left if forward else right) is not None
-    upper = (right if forward else left) is not None or ragged
-    return True, lower or upper
-
-
-def _run_loops(ranges, loops, body, carry):
-    """Runs ``body(index, carry, masked=False)`` over ``[flo, fhi)``, then
-    ``body(index, carry, masked=True)`` over ``[lo, flo)`` and ``[fhi, hi)`` in one loop."""
-    lo, flo, fhi, hi = ranges
-    unmasked, masked = loops
-    if unmasked:
-        carry = lax.fori_loop(flo, fhi, functools.partial(body, masked=False), carry)
-    if masked:
-        n_lower = flo - lo
-
-        def edge(n, c):
-            return body(jnp.where(n < n_lower, lo + n, fhi + (n - n_lower)), c, masked=True)
-
-        carry = lax.fori_loop(0, n_lower + (hi - fhi), edge, carry)
+def _run_loops(cfg: _Config, visits, r, body, carry):
+    """``body(index, carry, masked=False)`` over the full blocks of row ``r`` of the plan,
+    then ``body(index, carry, masked=True)`` over its partial blocks. A loop that no block can
+    take is not traced (each loop body costs compile time)."""
+    order, n_full, n_partial = visits
+    row = order[r]
+    if cfg.can_be_full:
+        carry = lax.fori_loop(0, n_full[r], lambda n, c: body(row[n], c, masked=False), carry)
+    if cfg.can_be_partial:
+        start = n_full[r] if cfg.can_be_full else jnp.int32(0)
+        carry = lax.fori_loop(
+            start, start + n_partial[r], lambda n, c: body(row[n], c, masked=True), carry
+        )
     return carry
 
 
@@ -229,14 +183,30 @@ def _slice_seq(x, i, size):
 
 
 def _block_positions(cfg: _Config, i, j, aux):
+    """Indices and positions (the indices where none are given) of block (i, j)'s rows and
+    columns: ``q_index [bq]``, ``kv_index [bk]``, ``q_pos [bq]|[B, bq]``, ``kv_pos``."""
     q_index = i * cfg.bq + jnp.arange(cfg.bq, dtype=jnp.int32)
     kv_index = j * cfg.bk + jnp.arange(cfg.bk, dtype=jnp.int32)
     q_pos = _slice_seq(aux["q_pos"], i, cfg.bq)
     kv_pos = _slice_seq(aux["kv_pos"], j, cfg.bk)
+    q_pos = q_index if q_pos is None else q_pos
+    kv_pos = kv_index if kv_pos is None else kv_pos
     return q_index, kv_index, q_pos, kv_pos
 
 
-def _block_mask(cfg: _Config, i, j, aux):
+def _grid_args(b: int, kh: int, g: int, q_pos, kv_pos):
+    """Index arrays of the internal block layout ``[B, K, bq, G, bk]`` for
+    :func:`evaluate_on_grid`: batch, key/value head, group, query and key positions."""
+    return [
+        (jnp.arange(b, dtype=jnp.int32), (0,)),
+        (jnp.arange(kh, dtype=jnp.int32), (1,)),
+        (jnp.arange(g, dtype=jnp.int32), (3,)),
+        (q_pos, (0, 2) if q_pos.ndim == 2 else (2,)),
+        (kv_pos, (0, 4) if kv_pos.ndim == 2 else (4,)),
+    ]
+
+
+def _block_mask(cfg: _Config, i, j, aux, mask_consts, b: int, kh: int):
     """The boolean mask of block (i, j), ``[B|1, K|1, bq, G|1, bk]``, or None."""
     q_index, kv_index, q_pos, kv_pos = _block_positions(cfg, i, j, aux)
     structural = attention_mask(
@@ -259,32 +229,41 @@ def _block_mask(cfg: _Config, i, j, aux):
     dense = None
     if aux["mask"] is not None:
         dense = _slice_rows_cols(aux["mask"], i, j, cfg, 2, 4)
-    return combine_masks(structural, pad, dense)
+    mod = None
+    if cfg.mask_mod is not None:
+        g = cfg.groups
+
+        def point(bi, ki, gi, qi, kvi):
+            return cfg.mask_mod(bi, ki * g + gi, qi, kvi, *mask_consts)
+
+        sizes = (b, kh, cfg.bq, g, cfg.bk)
+        mod = evaluate_on_grid(point, sizes, _grid_args(b, kh, g, q_pos, kv_pos))
+    return combine_masks(structural, pad, dense, mod)
 
 
-def _bias_fn_block(cfg: _Config, i, j, aux, consts):
-    q_index, kv_index, q_pos, kv_pos = _block_positions(cfg, i, j, aux)
-    q_pos = q_index if q_pos is None else q_pos
-    kv_pos = kv_index if kv_pos is None else kv_pos
-    return cfg.bias_fn(q_pos, kv_pos, *consts)
+def _score_terms(cfg: _Config, s, bias_blk, q_pos, kv_pos, consts):
+    """Everything between ``scale * q k^T`` and the mask: softcap, the dense bias, then
+    ``bias_fn`` and ``score_mod`` (``cfg.terms``). ``s``: ``[B, K, bq, G, bk]`` in cfg.acc."""
+    if cfg.softcap is not None:
+        s = cfg.softcap * jnp.tanh(s * (1.0 / cfg.softcap))
+    if bias_blk is not None:
+        s = s + bias_blk.astype(cfg.acc)
+    if cfg.terms is not None:
+        s = cfg.terms(s, q_pos, kv_pos, *consts).astype(cfg.acc)
+    return s
 
 
-def _scores(cfg: _Config, q_blk, k_blk, bias_blk, fn_bias):
-    """Logits of one block in ``cfg.acc``, ``[B, K, bq, G, bk]``, and ``tanh`` of the softcap."""
+def _has_terms(cfg: _Config, bias) -> bool:
+    return cfg.softcap is not None or bias is not None or cfg.terms is not None
+
+
+def _logits(cfg: _Config, q_blk, k_blk):
+    """``q k^T`` of one block (q pre-scaled) in ``cfg.acc``, ``[B, K, bq, G, bk]``."""
     s = lax.dot_general(
         q_blk, k_blk, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
     )
     b, k, _, _ = s.shape
-    s = s.reshape(b, k, cfg.bq, cfg.groups, cfg.bk)
-    t = None
-    if cfg.softcap is not None:
-        t = jnp.tanh(s * (1.0 / cfg.softcap))
-        s = cfg.softcap * t
-    if bias_blk is not None:
-        s = s + bias_blk.astype(cfg.acc)
-    if fn_bias is not None:
-        s = s + fn_bias.astype(s.dtype)
-    return s, t
+    return s.reshape(b, k, cfg.bq, cfg.groups, cfg.bk)
 
 
 def _flat(x):
@@ -298,12 +277,13 @@ def _flat(x):
 # ----------------------------------------------------------------------------------------
 
 
-def _forward(cfg: _Config, q, k, v, bias, consts, aux):
+def _forward(cfg: _Config, q, k, v, bias, consts, aux, mask_consts):
     """q: [nq, B, K, M, H] (pre-scaled); k, v: [nk, B, K, bk, H].
 
     Returns out [nq, B, K, M, H] (dtype of v) and lse [nq, B, K, M] in cfg.acc.
     """
     _, b, kh, m_rows, h = q.shape
+    visits = _visit_order(block_plan(cfg, aux))
 
     def q_step(_, xs):
         i, q_blk = xs
@@ -311,10 +291,10 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux):
         def kv_step(j, carry, masked):
             m_prev, l_prev, acc = carry
             bias_blk = None if bias is None else _slice_rows_cols(bias, i, j, cfg, 2, 4)
-            fn_bias = None if cfg.bias_fn is None else _bias_fn_block(cfg, i, j, aux, consts)
-            s, _ = _scores(cfg, q_blk, k[j], bias_blk, fn_bias)
+            _, _, q_pos, kv_pos = _block_positions(cfg, i, j, aux)
+            s = _score_terms(cfg, _logits(cfg, q_blk, k[j]), bias_blk, q_pos, kv_pos, consts)
             if masked:
-                mask = _block_mask(cfg, i, j, aux)
+                mask = _block_mask(cfg, i, j, aux, mask_consts, b, kh)
                 if mask is not None:
                     s = jnp.where(mask, s, -jnp.inf)
             s = _flat(s)
@@ -333,18 +313,12 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux):
             )
             return m_new, l_new, alpha[..., None] * acc + pv
 
-        def visited(j, carry, masked):
-            visible = _block_visible(cfg, i, j, aux)
-            if visible is None:
-                return kv_step(j, carry, masked)
-            return lax.cond(visible, lambda c: kv_step(j, c, masked), lambda c: c, carry)
-
         init = (
             jnp.full((b, kh, m_rows), -jnp.inf, cfg.acc),
             jnp.zeros((b, kh, m_rows), cfg.acc),
             jnp.zeros((b, kh, m_rows, h), cfg.acc),
         )
-        m_fin, l_fin, acc = _run_loops(_kv_ranges(cfg, i, aux), _loops(cfg, True), visited, init)
+        m_fin, l_fin, acc = _run_loops(cfg, visits, i, kv_step, init)
         empty = l_fin == 0.0
         out = acc / jnp.where(empty, 1.0, l_fin)[..., None]
         lse = jnp.where(empty, -jnp.inf, m_fin + jnp.log(jnp.where(empty, 1.0, l_fin)))
@@ -359,22 +333,18 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux):
 # ----------------------------------------------------------------------------------------
 
 
-def _reduce_to(x, shape):
-    """Sums ``x`` over the axes where ``shape`` has a broadcast dim of 1."""
-    axes = tuple(a for a, (d, n) in enumerate(zip(shape, x.shape, strict=True)) if d == 1 != n)
-    return jnp.sum(x, axis=axes, keepdims=True) if axes else x
-
-
 def _backward(cfg: _Config, res, cotangents):
-    q, k, v, bias, consts, aux, out, lse = res
+    q, k, v, bias, consts, aux, mask_consts, out, lse = res
     d_out, d_lse = cotangents
     _, b, kh, m_rows, h = q.shape
+    visits = _visit_order(block_plan(cfg, aux).T)
     # D_i = rowsum(dO * O) - dlse: the softmax Jacobian term of every row, and the lse
     # cotangent enters the same place (d lse / d s = p).
     delta = jnp.sum(d_out.astype(cfg.acc) * out.astype(cfg.acc), axis=-1)
     delta = delta - d_lse
     # Rows with lse = -inf saw no key; +inf makes exp(s - lse) exactly 0 there.
     lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
+    has_terms = _has_terms(cfg, bias)
 
     def kv_step(carry, xs):
         dq, dbias, dconsts = carry
@@ -384,18 +354,22 @@ def _backward(cfg: _Config, res, cotangents):
             dk, dv, dq, dbias, dconsts = c
             q_blk, do_blk = q[i], d_out[i]
             bias_blk = None if bias is None else _slice_rows_cols(bias, i, j, cfg, 2, 4)
-            fn_bias = fn_vjp = None
-            if cfg.bias_fn is not None:
-                if consts:
-                    fn_bias, fn_vjp = jax.vjp(
-                        lambda *cs: _bias_fn_block(cfg, i, j, aux, cs), *consts
-                    )
-                else:
-                    fn_bias = _bias_fn_block(cfg, i, j, aux, consts)
-            s, t = _scores(cfg, q_blk, k_blk, bias_blk, fn_bias)
+            _, _, q_pos, kv_pos = _block_positions(cfg, i, j, aux)
+            logits = _logits(cfg, q_blk, k_blk)
+            terms_vjp = None
+            if has_terms:
+                # One rule for every score term (softcap, bias, bias_fn, score_mod): the
+                # gradient flows back through their VJP, to the logits, the dense bias and
+                # every array the mods capture.
+                def terms(s, bias_blk, *cs):
+                    return _score_terms(cfg, s, bias_blk, q_pos, kv_pos, cs)
+
+                s, terms_vjp = jax.vjp(terms, logits, bias_blk, *consts)
+            else:
+                s = logits
             p = jnp.exp(s - lse[i].reshape(b, kh, cfg.bq, cfg.groups, 1))
             if masked:
-                mask = _block_mask(cfg, i, j, aux)
+                mask = _block_mask(cfg, i, j, aux, mask_consts, b, kh)
                 if mask is not None:
                     p = jnp.where(mask, p, 0.0)
             p = _flat(p)
@@ -411,20 +385,17 @@ def _backward(cfg: _Config, res, cotangents):
             dp = lax.dot_general(
                 do_blk, v_blk, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
             )
-            ds = p * (dp - delta[i][..., None])  # d logits (after softcap and bias)
-            ds5 = ds.reshape(b, kh, cfg.bq, cfg.groups, cfg.bk)
-            if bias is not None:
-                db = _reduce_to(ds5, bias_blk.shape)
-                zero = jnp.int32(0)
-                start = [zero, zero, i * cfg.bq, zero, j * cfg.bk]
-                start = [st if dbias.shape[a] != 1 else zero for a, st in enumerate(start)]
-                cur = lax.dynamic_slice(dbias, start, db.shape)
-                dbias = lax.dynamic_update_slice(dbias, cur + db, start)
-            if fn_vjp is not None:
-                g = fn_vjp(_reduce_to(ds5, fn_bias.shape).astype(fn_bias.dtype))
-                dconsts = tuple(a + gb.astype(a.dtype) for a, gb in zip(dconsts, g, strict=True))
-            if t is not None:
-                ds = _flat(ds5 * (1.0 - t * t))  # through softcap * tanh(x / softcap)
+            ds = p * (dp - delta[i][..., None])  # d (logits after every score term)
+            if terms_vjp is not None:
+                ds5, db, *dcs = terms_vjp(ds.reshape(logits.shape))
+                ds = _flat(ds5)
+                if bias is not None:
+                    zero = jnp.int32(0)
+                    start = [zero, zero, i * cfg.bq, zero, j * cfg.bk]
+                    start = [st if dbias.shape[a] != 1 else zero for a, st in enumerate(start)]
+                    cur = lax.dynamic_slice(dbias, start, db.shape)
+                    dbias = lax.dynamic_update_slice(dbias, cur + db.astype(cur.dtype), start)
+                dconsts = tuple(a + g.astype(a.dtype) for a, g in zip(dconsts, dcs, strict=True))
             ds_in = ds.astype(q_blk.dtype)
             dk = dk + lax.dot_general(
                 q_blk, ds_in, (((2,), (2,)), ((0, 1), (0, 1))), preferred_element_type=cfg.acc
@@ -436,17 +407,9 @@ def _backward(cfg: _Config, res, cotangents):
             dq = lax.dynamic_update_index_in_dim(dq, dq[i] + dq_i, i, 0)
             return dk, dv, dq, dbias, dconsts
 
-        def visited(i, c, masked):
-            visible = _block_visible(cfg, i, j, aux)
-            if visible is None:
-                return q_step(i, c, masked)
-            return lax.cond(visible, lambda cc: q_step(i, cc, masked), lambda cc: cc, c)
-
         zeros = jnp.zeros((b, kh, h, cfg.bk), cfg.acc)
         c = (zeros, zeros, dq, dbias, dconsts)
-        dk, dv, dq, dbias, dconsts = _run_loops(
-            _q_ranges(cfg, j, aux), _loops(cfg, False), visited, c
-        )
+        dk, dv, dq, dbias, dconsts = _run_loops(cfg, visits, j, q_step, c)
         dk, dv = jnp.swapaxes(dk, 2, 3), jnp.swapaxes(dv, 2, 3)
         return (dq, dbias, dconsts), (dk.astype(k.dtype), dv.astype(v.dtype))
 
@@ -458,17 +421,17 @@ def _backward(cfg: _Config, res, cotangents):
     )
     dbias = None if bias is None else dbias.astype(bias.dtype)
     dconsts = tuple(d.astype(c.dtype) for d, c in zip(dconsts, consts, strict=True))
-    return dq.astype(q.dtype), dk, dv, dbias, dconsts, None
+    return dq.astype(q.dtype), dk, dv, dbias, dconsts, None, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash_core(cfg, q, k, v, bias, consts, aux):
-    return _forward(cfg, q, k, v, bias, consts, aux)
+def _flash_core(cfg, q, k, v, bias, consts, aux, mask_consts):
+    return _forward(cfg, q, k, v, bias, consts, aux, mask_consts)
 
 
-def _flash_core_fwd(cfg, q, k, v, bias, consts, aux):
-    out, lse = _forward(cfg, q, k, v, bias, consts, aux)
-    return (out, lse), (q, k, v, bias, consts, aux, out, lse)
+def _flash_core_fwd(cfg, q, k, v, bias, consts, aux, mask_consts):
+    out, lse = _forward(cfg, q, k, v, bias, consts, aux, mask_consts)
+    return (out, lse), (q, k, v, bias, consts, aux, mask_consts, out, lse)
 
 
 _flash_core.defvjp(_flash_core_fwd, _backward)
@@ -510,10 +473,16 @@ def _to_internal(x, n: int, kh: int, t: int, s: int, tp: int, sp: int, fill):
     return x
 
 
-def _bias_fn_internal(bias_fn, b: int, n: int, kh: int, bq: int, bk: int):
-    """Wraps ``bias_fn(q_pos, k_pos) -> [B|1, N|1, bq|1, bk|1]`` to the internal layout."""
+def _user_terms(bias_fn, score_mod, b: int, n: int, kh: int, bq: int, bk: int):
+    """``bias_fn`` and ``score_mod`` as one score term in the internal block layout:
+    ``(s [B, K, bq, G, bk], q_pos, kv_pos) -> s``.
 
-    def fn(q_pos, kv_pos):
+    ``bias_fn(q_pos, kv_pos)`` must broadcast to ``[B, N, bq, bk]``; ``score_mod`` is applied
+    to every score with its batch, query head (``k * G + g``), query and key position.
+    """
+    g = n // kh
+
+    def internal_bias(q_pos, kv_pos):
         x = jnp.asarray(bias_fn(q_pos, kv_pos))
         if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim > 4:
             raise ValueError(
@@ -528,12 +497,23 @@ def _bias_fn_internal(bias_fn, b: int, n: int, kh: int, bq: int, bk: int):
             )
         b0, n0, t0, s0 = x4.shape
         if n0 == n and n > 1:
-            x4 = x4.reshape(b0, kh, n // kh, t0, s0)
+            x4 = x4.reshape(b0, kh, g, t0, s0)
         else:
             x4 = x4.reshape(b0, 1, 1, t0, s0)
         return jnp.swapaxes(x4, 2, 3).astype(_checks.compute_dtype(x4.dtype))
 
-    return fn
+    def point(score, bi, ki, gi, qi, kvi):
+        return score_mod(score, bi, ki * g + gi, qi, kvi)
+
+    def terms(s, q_pos, kv_pos):
+        if bias_fn is not None:
+            s = s + internal_bias(q_pos, kv_pos)
+        if score_mod is not None:
+            args = [(s, (0, 1, 2, 3, 4))] + _grid_args(b, kh, g, q_pos, kv_pos)
+            s = evaluate_on_grid(point, s.shape, args)
+        return s
+
+    return terms
 
 
 def _empty_result(inp: AttentionInputs):
@@ -559,6 +539,9 @@ def flash_attention(
     key_value_positions: jax.Array | None = None,
     bias_fn: Callable | None = None,
     softcap: float | None = None,
+    score_mod: Callable | None = None,
+    mask_mod: Callable | None = None,
+    block_mask: BlockMask | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     return_residuals: bool = False,
@@ -632,6 +615,17 @@ def flash_attention(
         differentiated (a learned T5 table gets its gradient).
       softcap: optional positive float: logits become ``softcap * tanh(logits / softcap)``
         before the bias is added.
+      score_mod: optional ``(score, batch, head, q_idx, kv_idx) -> score``, written as for
+        scalars (FlexAttention's ``score_mod``; applied with ``jax.vmap`` over every index):
+        ``score`` is the float32 logit after scaling, softcap, ``bias`` and ``bias_fn``,
+        ``head`` the query head (also under GQA), ``q_idx``/``kv_idx`` the positions.
+        Arrays it captures are differentiated (a learned table gets its gradient).
+      mask_mod: optional ``(batch, head, q_idx, kv_idx) -> bool`` (True = may attend), written
+        as for scalars and ANDed with every other mask source.
+      block_mask: optional :class:`attention_jax.flex.BlockMask` from
+        :func:`attention_jax.flex.create_block_mask` for this call's shapes: its
+        ``mask_mod`` applies, and the flash path skips its empty blocks, evaluates the mask
+        only on partial ones and runs with its block sizes.
       block_q: query block size in tokens (a positive int; None: ``DEFAULT_BLOCK_Q``).
       block_k: key block size in tokens (a positive int; None: ``DEFAULT_BLOCK_K``).
       return_residuals: also return the float32 log-sum-exp of each row, ``[B, N, T]``
@@ -664,6 +658,9 @@ def flash_attention(
         key_value_positions=key_value_positions,
         bias_fn=bias_fn,
         softcap=softcap,
+        score_mod=score_mod,
+        mask_mod=mask_mod,
+        block_mask=block_mask,
         fn="flash_attention",
     )
     out, lse = flash_attention_canonical(
@@ -672,6 +669,26 @@ def flash_attention(
     if inp.unbatched:
         out, lse = out[0], lse[0]
     return (out, lse) if return_residuals else out
+
+
+def _block_sizes(inp: AttentionInputs, block_q, block_k, fn: str) -> tuple[int, int]:
+    """The flash block sizes: explicit ones, else the block mask's, else the defaults."""
+    if block_q is not None:
+        block_q = _checks.check_int(block_q, "block_q", fn=fn)
+    if block_k is not None:
+        block_k = _checks.check_int(block_k, "block_k", fn=fn)
+    bm = inp.block_mask
+    if bm is None:
+        return block_q or DEFAULT_BLOCK_Q, block_k or DEFAULT_BLOCK_K
+    _, t, s, _, _, _ = inp.dims
+    asked = (min(block_q or bm.block_q, t), min(block_k or bm.block_k, s))
+    if asked != (bm.block_q, bm.block_k):
+        raise ValueError(
+            f"{fn}: block_mask must have the block sizes the call runs with, got a block_mask "
+            f"of blocks {(bm.block_q, bm.block_k)} and block_q, block_k = {asked}; leave "
+            "block_q/block_k unset to run with the block mask's sizes."
+        )
+    return bm.block_q, bm.block_k
 
 
 def flash_attention_canonical(
@@ -692,12 +709,33 @@ def flash_attention_canonical(
     Returns:
       ``(out, lse)``: ``[B, T, N, H]`` in the query dtype and float32 ``[B, N, T]``.
     """
-    block_q = DEFAULT_BLOCK_Q if block_q is None else _checks.check_int(block_q, "block_q", fn=fn)
-    block_k = DEFAULT_BLOCK_K if block_k is None else _checks.check_int(block_k, "block_k", fn=fn)
-    bias_fn = inp.bias_fn
     b, t, s, n, kh, h = inp.dims
     if t == 0 or s == 0:
+        _block_sizes(inp, block_q, block_k, fn)
         return _empty_result(inp)
+    cfg, q, k, v, bias_int, consts, aux, mask_consts = _setup(inp, block_q, block_k, fn)
+    out, lse = _flash_core(cfg, q, k, v, bias_int, consts, aux, mask_consts)
+    nq, bq, g, tp = cfg.nq, cfg.bq, cfg.groups, cfg.nq * cfg.bq
+    # [nq, B, K, bq * G, H] -> [B, T, N, H]; lse [nq, B, K, bq * G] -> [B, N, T].
+    out = out.reshape(nq, b, kh, bq, g, h).transpose(1, 0, 3, 2, 4, 5).reshape(b, tp, n, h)
+    lse = lse.reshape(nq, b, kh, bq, g).transpose(1, 2, 4, 0, 3).reshape(b, n, tp)
+    return out[:, :t], lse[..., :t]
+
+
+def flash_block_plan(
+    inp: AttentionInputs, *, block_q: int | None = None, block_k: int | None = None
+) -> jax.Array:
+    """Which blocks the flash path visits for a call: ``[nq, nk]`` int32, 0 = skipped,
+    1 = visited with a mask, 2 = visited without one (see :func:`block_plan`). The forward
+    pass walks each row's visited blocks, the backward pass each column's."""
+    cfg, *_, aux, _ = _setup(inp, block_q, block_k, "flash_block_plan")
+    return block_plan(cfg, aux)
+
+
+def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
+    """The static config and the internal-layout operands of one flash call."""
+    block_q, block_k = _block_sizes(inp, block_q, block_k, fn)
+    b, t, s, n, kh, h = inp.dims
     g = n // kh
     bq, bk = min(block_q, t), min(block_k, s)
     nq, nk = -(-t // bq), -(-s // bk)
@@ -725,6 +763,21 @@ def flash_attention_canonical(
     def positions(x, length):
         return None if x is None else _pad_edge(x.astype(jnp.int32), length)
 
+    mask_mod, block_mask = inp.mask_mod, inp.block_mask
+    if mask_mod is not None and block_mask is None:
+        # Without a block mask every block would be evaluated: one pass over the grid
+        # (block by block, never [T, S]) finds the empty and full blocks first.
+        block_mask = create_block_mask(
+            mask_mod,
+            b,
+            n,
+            t,
+            s,
+            block_q=bq,
+            block_k=bk,
+            query_positions=inp.query_positions,
+            key_value_positions=inp.key_value_positions,
+        )
     aux: dict[str, Any] = {
         "mask": mask_int,
         "q_len": inp.query_seq_lengths,
@@ -733,21 +786,36 @@ def flash_attention_canonical(
         "kv_seg": positions(inp.key_value_segment_ids, sp),
         "q_pos": positions(inp.query_positions, tp),
         "kv_pos": positions(inp.key_value_positions, sp),
+        "block_state": None if block_mask is None else block_mask.state,
     }
 
-    internal_bias_fn, consts = None, ()
-    if bias_fn is not None:
-        q_ex = jnp.zeros((bq,) if aux["q_pos"] is None else aux["q_pos"][..., :bq].shape, "int32")
-        kv_ex = jnp.zeros(
-            (bk,) if aux["kv_pos"] is None else aux["kv_pos"][..., :bk].shape, "int32"
-        )
-        # Hoists arrays that bias_fn closes over into explicit arguments, so the custom VJP
-        # can differentiate them (a learned relative-position table, say).
-        internal_bias_fn, consts = jax.closure_convert(
-            _bias_fn_internal(bias_fn, b, n, kh, bq, bk), q_ex, kv_ex
+    q_ex = jnp.zeros((bq,) if aux["q_pos"] is None else aux["q_pos"][..., :bq].shape, "int32")
+    kv_ex = jnp.zeros((bk,) if aux["kv_pos"] is None else aux["kv_pos"][..., :bk].shape, "int32")
+    terms, consts = None, ()
+    if inp.bias_fn is not None or inp.score_mod is not None:
+        s_ex = jnp.zeros((b, kh, bq, g, bk), _checks.compute_dtype(dtype))
+        # Hoists arrays that bias_fn and score_mod close over into explicit arguments, so the
+        # custom VJP can differentiate them (a learned relative-position table, say).
+        terms, consts = jax.closure_convert(
+            _user_terms(inp.bias_fn, inp.score_mod, b, n, kh, bq, bk), s_ex, q_ex, kv_ex
         )
         consts = tuple(consts)
+    internal_mask_mod, mask_consts = None, ()
+    if mask_mod is not None:
+        i32 = jnp.zeros((), jnp.int32)
+        internal_mask_mod, mask_consts = jax.closure_convert(mask_mod, i32, i32, i32, i32)
+        mask_consts = tuple(mask_consts)
 
+    needs_mask = (
+        inp.is_causal
+        or inp.local_window_size is not None
+        or inp.query_seq_lengths is not None
+        or inp.key_value_seq_lengths is not None
+        or inp.mask is not None
+        or inp.query_segment_ids is not None
+        or mask_mod is not None
+        or s % bk != 0
+    )
     cfg = _Config(
         t=t,
         s=s,
@@ -757,19 +825,15 @@ def flash_attention_canonical(
         nk=nk,
         groups=g,
         softcap=inp.softcap,
-        acc=_checks.compute_dtype(dtype),
         is_causal=inp.is_causal,
         window=inp.local_window_size,
-        default_positions=inp.query_positions is None and inp.key_value_positions is None,
-        bias_fn=internal_bias_fn,
-        always_mask=inp.mask is not None or inp.query_segment_ids is not None,
-        has_lengths=inp.query_seq_lengths is not None or inp.key_value_seq_lengths is not None,
+        terms=terms,
+        mask_mod=internal_mask_mod,
+        acc=_checks.compute_dtype(dtype),
+        can_be_full=inp.mask is None and inp.query_segment_ids is None,
+        can_be_partial=needs_mask,
     )
-    out, lse = _flash_core(cfg, q, k, v, bias_int, consts, aux)
-    # [nq, B, K, bq * G, H] -> [B, T, N, H]; lse [nq, B, K, bq * G] -> [B, N, T].
-    out = out.reshape(nq, b, kh, bq, g, h).transpose(1, 0, 3, 2, 4, 5).reshape(b, tp, n, h)
-    lse = lse.reshape(nq, b, kh, bq, g).transpose(1, 2, 4, 0, 3).reshape(b, n, tp)
-    return out[:, :t], lse[..., :t]
+    return cfg, q, k, v, bias_int, consts, aux, mask_consts
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b):

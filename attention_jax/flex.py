@@ -60,17 +60,23 @@ Packed documents with a prefix-LM inside each example, and a learned relative ta
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.typing import ArrayLike
 
+from attention_jax import _checks
 from attention_jax._checks import check_int, check_positive, describe, float_array, int_array
 from attention_jax.positional import check_t5_config, t5_relative_position_bucket
 
 __all__ = [
+    "BlockMask",
+    "create_block_mask",
+    "evaluate_on_grid",
     "MaskMod",
     "ScoreMod",
     "alibi_score_mod",
@@ -413,5 +419,244 @@ def compose_score_mods(*score_mods: ScoreMod) -> ScoreMod:
     return score_mod
 
 
-# ---- block masks ----
-# BlockMask and create_block_mask go here.
+# ----------------------------------------------------------------------------------------
+# Evaluating mods on index grids; block masks.
+# ----------------------------------------------------------------------------------------
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+def evaluate_on_grid(fn: Callable, sizes: Sequence[int], args) -> jax.Array:
+    """``fn(*scalars)`` on every point of a grid of ``sizes``, by nested ``jax.vmap``.
+
+    ``args`` is a sequence of ``(array, axes)``: ``array`` spans the grid axes ``axes``
+    (ascending; ``array.shape == [sizes[a] for a in axes]``), so the scalar ``fn`` receives is
+    the array's entry at the point. Nested vmaps (one per axis) let XLA see broadcasts rather
+    than materialized index grids, and let ``fn`` index captured arrays as for scalars.
+
+    Returns:
+      ``fn``'s output at every point, ``sizes`` shaped.
+    """
+    arrays = [a for a, _ in args]
+    axes = [tuple(ax) for _, ax in args]
+
+    def level(depth, arrays, axes):
+        if depth == len(sizes):
+            return fn(*arrays)
+        in_axes = tuple(0 if ax and ax[0] == depth else None for ax in axes)
+        rest = [ax[1:] if ax and ax[0] == depth else ax for ax in axes]
+        if all(a is None for a in in_axes):  # nothing varies along this axis
+            out = level(depth + 1, arrays, rest)
+            return jnp.broadcast_to(jnp.expand_dims(out, 0), (sizes[depth],) + out.shape)
+        return jax.vmap(lambda *xs: level(depth + 1, list(xs), rest), in_axes=in_axes)(*arrays)
+
+    return level(0, arrays, axes)
+
+
+def _check_mod_output(out, name: str, fn: str, *, boolean: bool) -> None:
+    if boolean and out.dtype != jnp.bool_:
+        raise TypeError(
+            f"{fn}: {name} must return a bool (True = may attend) for each scalar "
+            f"(batch, head, q_idx, kv_idx), got {_checks.describe(out)}."
+        )
+    if not boolean and not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: {name} must return a float score for each scalar score, got "
+            f"{_checks.describe(out)}."
+        )
+    if out.shape != ():
+        raise ValueError(
+            f"{fn}: {name} must return one value per scalar score (written as for scalars: "
+            f"the library vmaps it), got {_checks.describe(out)}."
+        )
+
+
+def check_mask_mod(mask_mod, *, fn: str) -> Callable | None:
+    """``mask_mod(batch, head, q_idx, kv_idx) -> bool``, checked on int32 scalars."""
+    if mask_mod is None:
+        return None
+    if not callable(mask_mod):
+        raise TypeError(f"{fn}: mask_mod must be None or a callable, got {mask_mod!r}.")
+    i = jax.ShapeDtypeStruct((), jnp.int32)
+    out = jax.eval_shape(mask_mod, i, i, i, i)
+    _check_mod_output(out, "mask_mod", fn, boolean=True)
+    return mask_mod
+
+
+def check_score_mod(score_mod, *, fn: str) -> Callable | None:
+    """``score_mod(score, batch, head, q_idx, kv_idx) -> score``, checked on scalars."""
+    if score_mod is None:
+        return None
+    if not callable(score_mod):
+        raise TypeError(f"{fn}: score_mod must be None or a callable, got {score_mod!r}.")
+    i = jax.ShapeDtypeStruct((), jnp.int32)
+    out = jax.eval_shape(score_mod, jax.ShapeDtypeStruct((), jnp.float32), i, i, i, i)
+    _check_mod_output(out, "score_mod", fn, boolean=False)
+    return score_mod
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class BlockMask:
+    """Which ``block_q x block_k`` blocks of the ``[q_len, kv_len]`` attention grid a
+    ``mask_mod`` leaves empty, full or partial, per batch element and head.
+
+    Made by :func:`create_block_mask`. A pytree: ``state`` is its only array leaf, the rest is
+    static, so a ``BlockMask`` can be made inside ``jit`` (from traced captured arrays) or
+    passed into a jitted function. ``block_mask=`` alone is enough in
+    :func:`attention_jax.dot_product_attention` / :func:`attention_jax.flash_attention`: the
+    flash path skips empty blocks, evaluates ``mask_mod`` only on partial ones and runs with
+    the block sizes recorded here; the materialized path evaluates ``mask_mod`` on the grid.
+
+    Attributes:
+      state: int8 ``[B|1, N|1, nq, nk]``: 0 empty (skipped), 1 partial (``mask_mod``
+        evaluated), 2 full (no mask evaluation), ``nq = ceil(q_len / block_q)``.
+      mask_mod: ``(batch, head, q_idx, kv_idx) -> bool``.
+      q_len, kv_len: the sequence lengths ``T`` and ``S`` it was made for.
+      block_q, block_k: block sizes in tokens (clamped to ``q_len``/``kv_len``).
+      batch_size, num_heads: ``B`` and ``N`` it was made for, or None where the mask does not
+        depend on that index (broadcast over any batch / head count).
+    """
+
+    state: jax.Array
+    mask_mod: Callable
+    q_len: int
+    kv_len: int
+    block_q: int
+    block_k: int
+    batch_size: int | None
+    num_heads: int | None
+
+    def tree_flatten(self):
+        static = (
+            self.mask_mod,
+            self.q_len,
+            self.kv_len,
+            self.block_q,
+            self.block_k,
+            self.batch_size,
+            self.num_heads,
+        )
+        return (self.state,), static
+
+    @classmethod
+    def tree_unflatten(cls, static, leaves):
+        return cls(leaves[0], *static)
+
+    @property
+    def shape(self) -> tuple:
+        """``(B or None, N or None, q_len, kv_len)``: the grid it describes."""
+        return (self.batch_size, self.num_heads, self.q_len, self.kv_len)
+
+    def sparsity(self) -> jax.Array:
+        """Fraction of blocks that are empty (skipped), over batch and heads."""
+        return jnp.mean(self.state == EMPTY)
+
+    def __repr__(self):
+        return (
+            f"BlockMask(shape={self.shape}, block_q={self.block_q}, block_k={self.block_k}, "
+            f"state={_checks.describe(self.state)})"
+        )
+
+
+def _padded_positions(x, length: int, padded: int, fn: str, name: str, batch):
+    if x is None:
+        return jnp.arange(padded, dtype=jnp.int32)
+    x = _checks.positions(x, name, fn=fn, batch=batch, length=length).astype(jnp.int32)
+    if padded != length:
+        widths = [(0, 0)] * (x.ndim - 1) + [(0, padded - length)]
+        x = jnp.pad(x, widths, mode="edge")
+    return x
+
+
+def create_block_mask(
+    mask_mod: Callable,
+    batch_size: int | None,
+    num_heads: int | None,
+    q_len: int,
+    kv_len: int,
+    *,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    query_positions: jax.Array | None = None,
+    key_value_positions: jax.Array | None = None,
+) -> BlockMask:
+    """Evaluates ``mask_mod`` block by block and records which blocks are empty, full or partial.
+
+    Like PyTorch's ``create_block_mask``. The grid is walked one ``[B|1, N|1, block_q,
+    block_k]`` block at a time (``lax.map``), so no ``[q_len, kv_len]`` array is ever held; jit-
+    and vmap-free, it also runs inside ``jit`` with ``mask_mod`` closing over traced arrays.
+
+    Args:
+      mask_mod: ``(batch, head, q_idx, kv_idx) -> bool`` written as for scalars.
+      batch_size: ``B``, or None if the mask does not depend on ``batch``.
+      num_heads: ``N`` (query heads), or None if it does not depend on ``head``.
+      q_len: ``T``.
+      kv_len: ``S``.
+      block_q, block_k: block sizes in tokens (default the flash path's
+        ``DEFAULT_BLOCK_Q``/``DEFAULT_BLOCK_K``; clamped to ``T``/``S``). The flash path runs
+        with these sizes when the attention call does not name others.
+      query_positions: ``[T]`` or ``[B, T]`` int: the ``q_idx`` passed to ``mask_mod``
+        (default ``arange(T)``), as in the attention call.
+      key_value_positions: ``[S]`` or ``[B, S]`` int (default ``arange(S)``).
+
+    Returns:
+      A :class:`BlockMask` with ``state`` ``[B|1, N|1, ceil(T / block_q), ceil(S / block_k)]``.
+    """
+    from attention_jax.flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q
+
+    fn = "create_block_mask"
+    check_mask_mod(mask_mod, fn=fn)
+    if batch_size is not None:
+        batch_size = _checks.check_int(batch_size, "batch_size", fn=fn)
+    if num_heads is not None:
+        num_heads = _checks.check_int(num_heads, "num_heads", fn=fn)
+    q_len = _checks.check_int(q_len, "q_len", fn=fn)
+    kv_len = _checks.check_int(kv_len, "kv_len", fn=fn)
+    bq = min(
+        DEFAULT_BLOCK_Q if block_q is None else _checks.check_int(block_q, "block_q", fn=fn), q_len
+    )
+    bk = min(
+        DEFAULT_BLOCK_K if block_k is None else _checks.check_int(block_k, "block_k", fn=fn), kv_len
+    )
+    nq, nk = -(-q_len // bq), -(-kv_len // bk)
+    q_pos = _padded_positions(query_positions, q_len, nq * bq, fn, "query_positions", batch_size)
+    kv_pos = _padded_positions(
+        key_value_positions, kv_len, nk * bk, fn, "key_value_positions", batch_size
+    )
+    batched = {pos.shape[0] for pos in (q_pos, kv_pos) if pos.ndim == 2}
+    if len(batched) > 1:
+        raise ValueError(
+            f"{fn}: query_positions and key_value_positions must share the batch size, got "
+            f"{q_pos.shape[0]} and {kv_pos.shape[0]}."
+        )
+    if batch_size is None and batched:
+        batch_size = batched.pop()  # batched positions make the mask depend on the batch
+    b = batch_size or 1
+    n = num_heads or 1
+    q_blocks = q_pos.reshape(q_pos.shape[:-1] + (nq, bq))
+    kv_blocks = kv_pos.reshape(kv_pos.shape[:-1] + (nk, bk))
+    q_valid = (jnp.arange(nq * bq) < q_len).reshape(nq, bq)
+    kv_valid = (jnp.arange(nk * bk) < kv_len).reshape(nk, bk)
+
+    def block(i, j):
+        qb = q_blocks[..., i, :]
+        kb = kv_blocks[..., j, :]
+        args = [
+            (jnp.arange(b, dtype=jnp.int32), (0,)),
+            (jnp.arange(n, dtype=jnp.int32), (1,)),
+            (qb, (0, 2) if qb.ndim == 2 else (2,)),
+            (kb, (0, 3) if kb.ndim == 2 else (3,)),
+        ]
+        allowed = evaluate_on_grid(mask_mod, (b, n, bq, bk), args)
+        valid = q_valid[i][:, None] & kv_valid[j][None, :]
+        some = jnp.any(allowed & valid, axis=(2, 3))
+        every = jnp.all(allowed | ~valid, axis=(2, 3))
+        return jnp.where(every & some, FULL, jnp.where(some, PARTIAL, EMPTY)).astype(jnp.int8)
+
+    def row(i):
+        return lax.map(lambda j: block(i, j), jnp.arange(nk))  # [nk, b, n]
+
+    state = lax.map(row, jnp.arange(nq))  # [nq, nk, b, n]
+    state = jnp.transpose(state, (2, 3, 0, 1))
+    return BlockMask(state, mask_mod, q_len, kv_len, bq, bk, batch_size, num_heads)

@@ -19,8 +19,13 @@ import pytest
 from hypothesis import given
 from jax.test_util import check_grads
 
-from attention_jax import dot_product_attention, flash_attention, merge_attention
-from attention_jax.flash import _Config, _kv_ranges, _q_ranges
+from attention_jax import (
+    canonicalize_attention_inputs,
+    dot_product_attention,
+    flash_attention,
+    merge_attention,
+)
+from attention_jax.flash import flash_block_plan
 
 # ----------------------------------------------------------------------------------------
 # float64 NumPy reference (forward and hand-written backward).
@@ -591,73 +596,52 @@ def test_no_t_by_s_array_in_forward_or_backward(is_causal):
     assert _largest_var(dense(q, q, q).jaxpr) >= t * s
 
 
-def _config(t, s, bq, bk, **kw):
-    base = dict(
-        t=t,
-        s=s,
-        bq=bq,
-        bk=bk,
-        nq=-(-t // bq),
-        nk=-(-s // bk),
-        groups=1,
-        softcap=None,
-        is_causal=False,
-        window=None,
-        default_positions=True,
-        bias_fn=None,
-        acc=jnp.float32,
-        always_mask=False,
-        has_lengths=False,
-    )
-    base.update(kw)
-    return _Config(**base)
+def _plan(t, s, bq, bk, **kw):
+    q, k = jnp.zeros((1, t, 1, 4)), jnp.zeros((1, s, 1, 4))
+    inp = canonicalize_attention_inputs(q, k, k, **kw)
+    return np.asarray(flash_block_plan(inp, block_q=bq, block_k=bk))
 
 
 @pytest.mark.parametrize(
     "kw",
     [
         dict(is_causal=True),
-        dict(window=(5, 3)),
-        dict(is_causal=True, window=(9, 4)),
-        dict(window=(0, 12)),
+        dict(local_window_size=(5, 3)),
+        dict(is_causal=True, local_window_size=(9, 4)),
+        dict(local_window_size=(0, 12)),
+        dict(is_causal=True, query_positions=np.arange(29) + 8),
+        dict(key_value_seq_lengths=np.array([21], np.int32)),
     ],
 )
-def test_block_ranges_cover_visible_and_full_blocks_exactly(kw):
+def test_block_plan_visits_exactly_the_visible_blocks(kw):
     t, s, bq, bk = 29, 37, 4, 8
-    cfg = _config(t, s, bq, bk, **kw)
-    aux = dict(q_len=None, kv_len=None)
-    rows, cols = np.arange(cfg.nq * bq)[:, None], np.arange(cfg.nk * bk)[None, :]
+    nq, nk = -(-t // bq), -(-s // bk)
+    plan = _plan(t, s, bq, bk, **kw)
+    chex.assert_shape(plan, (nq, nk))
+    rows = np.asarray(kw.get("query_positions", np.arange(t)))
+    rows = np.concatenate([rows, np.full(nq * bq - t, -(10**6))])[:, None]  # padded rows
+    cols = np.arange(nk * bk)[None, :]
     visible = np.broadcast_to(cols < s, (rows.size, cols.size)).copy()
-    left, right = kw.get("window", (None, None))
+    visible &= rows > -(10**6)
+    left, right = kw.get("local_window_size", (None, None))
     if left is not None:
         visible &= (cols >= rows - left) & (cols <= rows + right)
     if kw.get("is_causal"):
         visible &= cols <= rows
-    blocks = visible.reshape(cfg.nq, bq, cfg.nk, bk)
-    any_visible, all_visible = blocks.any((1, 3)), blocks.all((1, 3))
-    for i in range(cfg.nq):
-        lo, flo, fhi, hi = (int(x) for x in _kv_ranges(cfg, i, aux))
-        visited = np.zeros(cfg.nk, bool)
-        visited[lo:hi] = True
-        np.testing.assert_array_equal(visited, any_visible[i])  # skips exactly the empty
-        full = np.zeros(cfg.nk, bool)
-        full[flo:fhi] = True
-        assert not np.any(full & ~all_visible[i])  # unmasked blocks are fully visible
-    for j in range(cfg.nk):
-        lo, flo, fhi, hi = (int(x) for x in _q_ranges(cfg, j, aux))
-        visited = np.zeros(cfg.nq, bool)
-        visited[lo:hi] = True
-        np.testing.assert_array_equal(visited, any_visible[:, j])
-        full = np.zeros(cfg.nq, bool)
-        full[flo:fhi] = True
-        assert not np.any(full & ~all_visible[:, j])
+    if "key_value_seq_lengths" in kw:
+        visible &= cols < kw["key_value_seq_lengths"][0]
+    blocks = visible.reshape(nq, bq, nk, bk)
+    real = (np.arange(nq * bq) < t).reshape(nq, bq)[:, :, None, None]
+    any_visible = blocks.any((1, 3))
+    all_visible = (blocks | ~real).all((1, 3))
+    np.testing.assert_array_equal(plan > 0, any_visible)  # skips exactly the empty blocks
+    assert not np.any((plan == 2) & ~all_visible)  # unmasked blocks are fully visible
 
 
 def test_causal_visits_about_half_the_blocks():
-    cfg = _config(4096, 4096, 256, 256, is_causal=True)
-    aux = dict(q_len=None, kv_len=None)
-    visited = sum(int(hi - lo) for lo, _, _, hi in (_kv_ranges(cfg, i, aux) for i in range(16)))
-    assert visited == 16 * 17 // 2
+    plan = _plan(4096, 4096, 256, 256, is_causal=True)
+    assert np.sum(plan > 0) == 16 * 17 // 2
+    assert np.sum(plan == 1) == 16  # only the diagonal blocks are masked
 
 
 def test_dot_product_attention_forwards_flash_block_sizes():
