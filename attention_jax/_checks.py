@@ -43,7 +43,7 @@ __all__ = [
 
 def describe(value) -> str:
     """How a message shows a value: ``int32 array of shape (3, 4)`` for arrays, else repr."""
-    if isinstance(value, jax.Array | np.ndarray) or hasattr(value, "aval"):
+    if isinstance(value, jax.Array | np.ndarray | jax.ShapeDtypeStruct) or hasattr(value, "aval"):
         return f"{value.dtype} array of shape {tuple(value.shape)}"
     return repr(value)
 
