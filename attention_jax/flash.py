@@ -4,8 +4,15 @@ The forward pass walks over blocks of queries and, for each, over blocks of keys
 running row maximum, normalizer and output (Milakov & Gimelshein 2018; Rabe & Staats 2021;
 the loop order of FlashAttention-2, Dao 2023). The backward pass is a ``jax.custom_vjp`` that
 recomputes each block of probabilities from the saved output and log-sum-exp, so neither pass
-holds a ``[T, S]`` array. Blocks that causal or local-window masking hides entirely are never
-visited.
+holds a ``[T, S]`` array.
+
+Block plan. Before the loops, every mask source (causal and local windows from each block's
+min/max positions, padding lengths, padded keys, dense masks and segment ids, a block mask
+from :func:`attention_jax.flex.create_block_mask`) is folded into one ``[nq, nk]`` plan: empty
+blocks are never visited, full blocks run without evaluating any mask, partial blocks apply
+the mask (``mask_mod`` included). Everything between ``q k^T`` and the mask (softcap, the
+dense bias, ``bias_fn``, ``score_mod``) is one score term, differentiated by one VJP per block
+in the backward pass, so the built-in options and user mods share one code path per pass.
 
 Internal layout. Query heads are grouped by the key/value head they share
 (``N = K * G``): queries become ``[B, K, T * G, H]`` with rows ordered (token, group), keys
@@ -567,9 +574,10 @@ def flash_attention(
     the saved output and log-sum-exp :math:`L = m + \log \ell`, looping over key blocks outside
     and query blocks inside (FlashAttention-2). Memory is
     :math:`O(B N (T + S) H)` plus one block of ``[B, N, block_q, block_k]`` in both passes.
-    Causal and local-window attention skip the blocks that are entirely masked (for the
-    default positions the skip pattern is computed from the block indices; with positions
-    given, each block is tested on the min/max of its positions).
+    Blocks that the masks hide entirely are skipped and fully visible ones run without a
+    mask: causal and local windows from the min/max positions of each block (exact for
+    sorted positions), padding lengths, and a ``block_mask`` (made from ``mask_mod`` when only
+    that is given).
 
     Shapes (``B`` batch, ``T`` queries, ``S`` keys, ``N`` query heads, ``K`` key/value heads,
     ``H`` head dim)::
