@@ -12,7 +12,7 @@ from attention_jax import _checks, normalizers
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention_canonical
-from attention_jax.flex import BlockMask, evaluate_on_grid
+from attention_jax.flex import BlockMask, evaluate_on_grid, reads_batch_and_head
 from attention_jax.masks import attention_mask, combine_masks
 
 __all__ = ["dot_product_attention", "additive_attention", "attention_pool"]
@@ -60,7 +60,15 @@ def materialized_logits_and_mask(inp: AttentionInputs) -> tuple[jax.Array, jax.A
         logits = evaluate_on_grid(inp.score_mod, logits.shape, scores).astype(dtype)
     mask_mod = None
     if inp.mask_mod is not None:
-        mask_mod = evaluate_on_grid(inp.mask_mod, (b, n, t, s), mod_args)
+        reads_batch, reads_head = reads_batch_and_head(inp.mask_mod)
+        b_eval = b if reads_batch or mod_args[2][0].ndim == 2 or mod_args[3][0].ndim == 2 else 1
+        n_eval = n if reads_head else 1
+        mask_args = [
+            (jnp.arange(b_eval, dtype=jnp.int32), (0,)),
+            (jnp.arange(n_eval, dtype=jnp.int32), (1,)),
+            *mod_args[2:],
+        ]
+        mask_mod = evaluate_on_grid(inp.mask_mod, (b_eval, n_eval, t, s), mask_args)
     mask = combine_masks(
         mask_mod,
         inp.mask,

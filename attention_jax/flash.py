@@ -35,7 +35,12 @@ from jax import lax
 
 from attention_jax import _checks
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
-from attention_jax.flex import BlockMask, create_block_mask, evaluate_on_grid
+from attention_jax.flex import (
+    BlockMask,
+    create_block_mask,
+    evaluate_on_grid,
+    reads_batch_and_head,
+)
 from attention_jax.masks import attention_mask, combine_masks
 
 __all__ = ["flash_attention", "merge_attention", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
@@ -63,6 +68,7 @@ class _Config:
     # (s, q_pos, kv_pos, *consts) -> s in the internal layout; None = none.
     terms: Callable | None
     mask_mod: Callable | None  # closure-converted (b, h, q, kv, *mask_consts) -> bool
+    mask_reads: tuple[bool, bool]  # whether mask_mod reads (batch, head)
     acc: Any  # accumulation dtype: float32, or float64 for float64 inputs
     can_be_full: bool  # some block may need no mask: the unmasked loop is traced
     can_be_partial: bool  # some block may need a mask: the masked loop is traced
@@ -243,8 +249,13 @@ def _block_mask(cfg: _Config, i, j, aux, mask_consts, b: int, kh: int):
         def point(bi, ki, gi, qi, kvi):
             return cfg.mask_mod(bi, ki * g + gi, qi, kvi, *mask_consts)
 
-        sizes = (b, kh, cfg.bq, g, cfg.bk)
-        mod = evaluate_on_grid(point, sizes, _grid_args(b, kh, g, q_pos, kv_pos))
+        # A mask that does not read batch or head is evaluated once and broadcast.
+        reads_batch, reads_head = cfg.mask_reads
+        b_eval = b if reads_batch or q_pos.ndim == 2 or kv_pos.ndim == 2 else 1
+        kh_eval, g_eval = (kh, g) if reads_head else (1, 1)
+        sizes = (b_eval, kh_eval, cfg.bq, g_eval, cfg.bk)
+        args = _grid_args(b_eval, kh_eval, g_eval, q_pos, kv_pos)
+        mod = evaluate_on_grid(point, sizes, args)
     return combine_masks(structural, pad, dense, mod)
 
 
@@ -837,6 +848,7 @@ def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
         window=inp.local_window_size,
         terms=terms,
         mask_mod=internal_mask_mod,
+        mask_reads=(True, True) if mask_mod is None else reads_batch_and_head(mask_mod),
         acc=_checks.compute_dtype(dtype),
         can_be_full=inp.mask is None and inp.query_segment_ids is None,
         can_be_partial=needs_mask,

@@ -77,6 +77,7 @@ __all__ = [
     "BlockMask",
     "create_block_mask",
     "evaluate_on_grid",
+    "reads_batch_and_head",
     "MaskMod",
     "ScoreMod",
     "alibi_score_mod",
@@ -471,6 +472,19 @@ def _check_mod_output(out, name: str, fn: str, *, boolean: bool) -> None:
         )
 
 
+def reads_batch_and_head(mask_mod: Callable) -> tuple[bool, bool]:
+    """Whether ``mask_mod(batch, head, q_idx, kv_idx)`` reads its ``batch`` and ``head``
+    arguments, from its jaxpr (an argument no equation and no output uses is not read).
+
+    A mask that reads neither (causal, windows, prefixes shared by the batch) is evaluated once
+    and broadcast over batch and heads instead of once per batch element and head.
+    """
+    i = jnp.int32(0)
+    jaxpr = jax.make_jaxpr(mask_mod)(i, i, i, i).jaxpr
+    used = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    return id(jaxpr.invars[0]) in used, id(jaxpr.invars[1]) in used
+
+
 def check_mask_mod(mask_mod, *, fn: str) -> Callable | None:
     """``mask_mod(batch, head, q_idx, kv_idx) -> bool``, checked on int32 scalars."""
     if mask_mod is None:
@@ -634,6 +648,10 @@ def create_block_mask(
         batch_size = batched.pop()  # batched positions make the mask depend on the batch
     b = batch_size or 1
     n = num_heads or 1
+    # Evaluate once for the indices the mask does not read, then broadcast.
+    reads_batch, reads_head = reads_batch_and_head(mask_mod)
+    b_eval = b if reads_batch or q_pos.ndim == 2 or kv_pos.ndim == 2 else 1
+    n_eval = n if reads_head else 1
     q_blocks = q_pos.reshape(q_pos.shape[:-1] + (nq, bq))
     kv_blocks = kv_pos.reshape(kv_pos.shape[:-1] + (nk, bk))
     q_valid = (jnp.arange(nq * bq) < q_len).reshape(nq, bq)
@@ -643,12 +661,12 @@ def create_block_mask(
         qb = q_blocks[..., i, :]
         kb = kv_blocks[..., j, :]
         args = [
-            (jnp.arange(b, dtype=jnp.int32), (0,)),
-            (jnp.arange(n, dtype=jnp.int32), (1,)),
+            (jnp.arange(b_eval, dtype=jnp.int32), (0,)),
+            (jnp.arange(n_eval, dtype=jnp.int32), (1,)),
             (qb, (0, 2) if qb.ndim == 2 else (2,)),
             (kb, (0, 3) if kb.ndim == 2 else (3,)),
         ]
-        allowed = evaluate_on_grid(mask_mod, (b, n, bq, bk), args)
+        allowed = evaluate_on_grid(mask_mod, (b_eval, n_eval, bq, bk), args)
         valid = q_valid[i][:, None] & kv_valid[j][None, :]
         some = jnp.any(allowed & valid, axis=(2, 3))
         every = jnp.all(allowed | ~valid, axis=(2, 3))
@@ -658,5 +676,5 @@ def create_block_mask(
         return lax.map(lambda j: block(i, j), jnp.arange(nk))  # [nk, b, n]
 
     state = lax.map(row, jnp.arange(nq))  # [nq, nk, b, n]
-    state = jnp.transpose(state, (2, 3, 0, 1))
+    state = jnp.broadcast_to(jnp.transpose(state, (2, 3, 0, 1)), (b, n, nq, nk))
     return BlockMask(state, mask_mod, q_len, kv_len, bq, bk, batch_size, num_heads)

@@ -468,3 +468,14 @@ def test_fused_kernels_refuse_mods_with_the_reason(monkeypatch):
         with pytest.raises(ValueError, match=rf"implementation='cudnn' cannot serve .*{reason}"):
             aj.select_implementation(inputs_, implementation="cudnn")
         assert aj.select_implementation(inputs_).name in ("xla", "flash")
+
+
+def test_masks_that_do_not_read_batch_or_head_are_evaluated_once():
+    seg = jnp.zeros((2, 8), jnp.int32)
+    assert flex.reads_batch_and_head(flex.causal_mask_mod) == (False, False)
+    assert flex.reads_batch_and_head(flex.document_mask_mod(seg)) == (True, False)
+    assert flex.reads_batch_and_head(lambda b, h, q, k: (h == 0) | (k <= q)) == (False, True)
+    # Broadcast over the batch and heads the mask does not read: the state has their sizes.
+    bm = aj.create_block_mask(flex.causal_mask_mod, 2, 3, 8, 8, block_q=4, block_k=4)
+    chex.assert_shape(bm.state, (2, 3, 2, 2))
+    np.testing.assert_array_equal(np.asarray(bm.state[1, 2]), [[1, 0], [2, 1]])
