@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all lint format demo notebooks bench clean
+.PHONY: install test test-all lint format demo notebooks bench bench-flex clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ notebooks: install
 
 bench: install
 	$(PY) benchmarks/attention.py --out out/bench
+
+bench-flex: install
+	$(PY) benchmarks/flex.py --out out/bench-flex
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

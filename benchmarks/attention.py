@@ -323,10 +323,32 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(field)
 
 
-def memory_child(spec: dict) -> dict:
-    """Runs in the subprocess: inputs, compile, reset peak, run once, report."""
+def measure_peak(run) -> dict:
+    """Peak RSS of one call of ``run`` (which returns its wall seconds) above the RSS before
+    it: resets the kernel's peak counter (``/proc/self/clear_refs``; without it, the process's
+    lifetime peak ``ru_maxrss``), calls ``run()`` once and reads ``VmHWM``."""
     import resource
 
+    base = _rss_bytes("VmRSS")
+    reset = True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        reset = False
+    seconds = run()
+    peak = _rss_bytes("VmHWM")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "baseline_bytes": base,
+        "peak_bytes": peak if reset else maxrss,
+        "peak_above_baseline_bytes": (peak if reset else maxrss) - base,
+        "peak_reset": reset,
+        "seconds": seconds,
+    }
+
+
+def memory_child(spec: dict) -> dict:
+    """Runs in the subprocess: inputs, compile, reset peak, run once, report."""
     if spec["impl"] != "torch":
         jax_setup(spec["device"])
     b, t, n, h = spec["shape"]
@@ -339,26 +361,14 @@ def memory_child(spec: dict) -> dict:
         spec.get("block_q"),
         spec.get("block_k"),
     )
-    base = _rss_bytes("VmRSS")
-    reset = True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        reset = False
-    seconds = point.run()
-    peak = _rss_bytes("VmHWM")
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {
-        "baseline_bytes": base,
-        "peak_bytes": peak if reset else maxrss,
-        "peak_above_baseline_bytes": (peak if reset else maxrss) - base,
-        "peak_reset": reset,
-        "seconds": seconds,
-    }
+    return measure_peak(point.run)
 
 
-def measure_memory(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", json.dumps(spec)]
+def measure_memory(spec: dict, timeout: float, script: str | None = None) -> dict:
+    """Runs ``script --_memory-child SPEC`` (default this file) in a fresh process and
+    returns the JSON dict on its last stdout line, or ``{"error": ...}``."""
+    script = os.path.abspath(script or __file__)
+    cmd = [sys.executable, script, "--_memory-child", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
