@@ -312,7 +312,7 @@ def test_jit_vmap_grad_compose_with_mods():
 
     def loss(q, k, v):  # one example: [T, N, H]
         mod = flex.relative_position_score_mod(table, max_distance=4)
-        out = aj.flash_attention(q, k, v, score_mod=mod, mask_mod=flex.causal_mask_mod, **BLOCKS)
+        out = aj.flash_attention(q, k, v, score_mod=mod, mask_mod=flex.causal_mask_mod)
         return jnp.sum(out**2)
 
     batched = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2))))(q, k, v)
