@@ -44,6 +44,9 @@ class AttentionInputs(NamedTuple):
       mask_mod: ``(batch, head, q_idx, kv_idx) -> bool``, or None (the block mask's, when
         only ``block_mask`` is given).
       block_mask: a :class:`attention_jax.flex.BlockMask` for this call's shapes, or None.
+      sinks: ``[N]`` float sink logits (one per query head), or None.
+      logits_head_mix: ``[N, N]`` talking-heads mix of the logits, or None.
+      weights_head_mix: ``[N, N]`` talking-heads mix of the weights, or None.
       unbatched: True when the caller passed ``[T, N, H]`` arrays.
     """
 
@@ -66,6 +69,9 @@ class AttentionInputs(NamedTuple):
     score_mod: Callable | None = None
     mask_mod: Callable | None = None
     block_mask: Any = None
+    sinks: jax.Array | None = None
+    logits_head_mix: jax.Array | None = None
+    weights_head_mix: jax.Array | None = None
     unbatched: bool = False
 
     @property
@@ -95,6 +101,9 @@ def canonicalize_attention_inputs(
     score_mod: Callable | None = None,
     mask_mod: Callable | None = None,
     block_mask=None,
+    sinks=None,
+    logits_head_mix=None,
+    weights_head_mix=None,
     fn: str = "dot_product_attention",
 ) -> AttentionInputs:
     """Validates attention arguments and returns them batched, with masks split out.
@@ -189,6 +198,22 @@ def canonicalize_attention_inputs(
     if block_mask is not None:
         _check_block_mask(block_mask, mask_mod, (b, n, t, s), unbatched, fn)
         mask_mod = block_mask.mask_mod
+    if sinks is not None:
+        sinks = _checks.float_array(sinks, "sinks", fn=fn)
+        if sinks.shape != (n,):
+            raise ValueError(
+                f"{fn}: sinks must be of shape [N]=({n},) (one logit per query head), got "
+                f"{_checks.describe(sinks)}."
+            )
+    mixes = {}
+    for name, mix in (("logits_head_mix", logits_head_mix), ("weights_head_mix", weights_head_mix)):
+        if mix is not None:
+            mix = _checks.float_array(mix, name, fn=fn)
+            if mix.shape != (n, n):
+                raise ValueError(
+                    f"{fn}: {name} must be of shape [N, N]=({n}, {n}), got {_checks.describe(mix)}."
+                )
+        mixes[name] = mix
     return AttentionInputs(
         query=query,
         key=key,
@@ -209,6 +234,9 @@ def canonicalize_attention_inputs(
         score_mod=score_mod,
         mask_mod=mask_mod,
         block_mask=block_mask,
+        sinks=sinks,
+        logits_head_mix=mixes["logits_head_mix"],
+        weights_head_mix=mixes["weights_head_mix"],
         unbatched=unbatched,
     )
 

@@ -93,12 +93,22 @@ def _materialized_attention(
 ) -> tuple[jax.Array, jax.Array]:
     b, t, s, n, k, h = inp.dims
     logits, mask = materialized_logits_and_mask(inp)
+    if inp.logits_head_mix is not None:
+        # Talking heads (Shazeer et al. 2020): each head's logits mix those of every head.
+        mix = inp.logits_head_mix.astype(logits.dtype)
+        logits = jnp.einsum("bnts,nm->bmts", logits, mix)
     if mask is not None:
         mask = jnp.broadcast_to(mask, logits.shape)
-    weights = normalizers.get_normalizer(normalizer)(logits, where=mask)
+    if inp.sinks is not None:
+        weights = _softmax_with_sinks(logits, mask, inp.sinks)
+    else:
+        weights = normalizers.get_normalizer(normalizer)(logits, where=mask)
     if mask is not None:
         # Guarantees zero weight on masked keys whatever a custom normalizer returns.
         weights = jnp.where(mask, weights, 0.0)
+    if inp.weights_head_mix is not None:
+        mix = inp.weights_head_mix.astype(weights.dtype)
+        weights = jnp.einsum("bnts,nm->bmts", weights, mix)
     if attention_dropout > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - attention_dropout, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - attention_dropout), 0.0)
@@ -113,6 +123,18 @@ def _materialized_attention(
         valid = jnp.arange(t)[None, :] < inp.query_seq_lengths[:, None]
         out = jnp.where(valid[:, :, None, None], out, 0.0)
     return out.astype(inp.query.dtype), weights
+
+
+def _softmax_with_sinks(logits, mask, sinks) -> jax.Array:
+    """Softmax over the keys and one sink logit per head (value 0): ``[B, N, T, S]`` weights
+    ``exp(l_j) / (exp(sink_h) + sum_j exp(l_j))``; a row with no allowed key gives zeros."""
+    b, n, t, s = logits.shape
+    sink = jnp.broadcast_to(sinks.astype(logits.dtype)[None, :, None, None], (b, n, t, 1))
+    extended = jnp.concatenate([logits, sink], axis=-1)
+    where = None
+    if mask is not None:
+        where = jnp.concatenate([mask, jnp.ones((b, n, t, 1), bool)], axis=-1)
+    return normalizers.softmax(extended, where=where)[..., :s]
 
 
 def _rows_with_keys(inp: AttentionInputs) -> jax.Array | None:
@@ -217,6 +239,9 @@ def dot_product_attention(
     score_mod: Callable | None = None,
     mask_mod: Callable | None = None,
     block_mask: BlockMask | None = None,
+    sinks: jax.Array | None = None,
+    logits_head_mix: jax.Array | None = None,
+    weights_head_mix: jax.Array | None = None,
     normalizer: str | Callable = "softmax",
     attention_dropout: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -283,6 +308,14 @@ def dot_product_attention(
         :func:`attention_jax.flex.create_block_mask` for this call's shapes: its
         ``mask_mod`` applies, and the flash path skips its empty blocks, evaluates the mask
         only on partial ones and runs with its block sizes.
+      sinks: optional ``[N]`` float sink logits, one per query head (attention sinks as in
+        gpt-oss): ``w_ij = exp(l_ij) / (exp(sinks_h) + sum_j exp(l_ij))``, so a head may give
+        its weight to no key; ``sinks = 0`` is ``normalizer="softmax_one"``. Both paths; the
+        gradient reaches ``sinks``. Softmax normalizer only.
+      logits_head_mix, weights_head_mix: optional ``[N, N]`` talking-heads projections
+        (Shazeer et al. 2020): ``logits'[m] = sum_n logits[n] P_l[n, m]`` before the
+        normalizer, ``weights'[m] = sum_n weights[n] P_w[n, m]`` after it. They mix whole
+        logit rows across heads: materialized path only (a forced ``"flash"`` raises).
       normalizer: ``"softmax"``, ``"softmax_one"``, ``"sparsemax"``, ``"sigmoid"`` or a
         callable ``(logits, where) -> weights``.
       attention_dropout: attention-weight dropout rate in ``[0, 1)``.
@@ -328,9 +361,17 @@ def dot_product_attention(
         score_mod=score_mod,
         mask_mod=mask_mod,
         block_mask=block_mask,
+        sinks=sinks,
+        logits_head_mix=logits_head_mix,
+        weights_head_mix=weights_head_mix,
         fn=fn,
     )
     normalizers.get_normalizer(normalizer, fn=fn)
+    if sinks is not None and normalizer != "softmax":
+        raise ValueError(
+            f"{fn}: normalizer must be 'softmax' when sinks are given (the sink joins the "
+            f"softmax denominator), got {normalizer!r}."
+        )
     attention_dropout = _checks.check_rate(attention_dropout, "attention_dropout", fn=fn)
     if attention_dropout > 0.0 and dropout_rng is None:
         raise ValueError(

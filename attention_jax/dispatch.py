@@ -79,9 +79,11 @@ def _tokamax_installed() -> bool:
     return importlib.util.find_spec("tokamax") is not None
 
 
-def _softmax_only_blockers(normalizer, attention_dropout, return_weights) -> list[str]:
+def _softmax_only_blockers(inp, normalizer, attention_dropout, return_weights) -> list[str]:
     """Options that only the materialized path serves."""
     out = []
+    if inp.logits_head_mix is not None or inp.weights_head_mix is not None:
+        out.append("logits_head_mix / weights_head_mix (talking heads mix whole logit rows)")
     if return_weights:
         out.append("return_weights=True (the weights are never materialized)")
     if attention_dropout > 0.0:
@@ -106,6 +108,8 @@ def _fused_kernel_blockers(inp: AttentionInputs) -> list[str]:
         out.append("segment_ids")
     if inp.score_mod is not None:
         out.append("score_mod (runs on the xla and flash paths)")
+    if inp.sinks is not None:
+        out.append("sinks (run on the xla and flash paths)")
     if inp.mask_mod is not None:
         out.append("mask_mod / block_mask (run on the xla and flash paths)")
     if _positions_matter(inp):
@@ -212,7 +216,7 @@ def select_implementation(
             f"select_implementation: implementation must be None or one of {IMPLEMENTATIONS}, "
             f"got {implementation!r}."
         )
-    softmax_only = _softmax_only_blockers(normalizer, attention_dropout, return_weights)
+    softmax_only = _softmax_only_blockers(inputs, normalizer, attention_dropout, return_weights)
     if implementation == "xla":
         return Selection("xla", "requested")
     if implementation is not None:

@@ -295,8 +295,15 @@ def _flat(x):
 # ----------------------------------------------------------------------------------------
 
 
-def _forward(cfg: _Config, q, k, v, bias, consts, aux, mask_consts):
-    """q: [nq, B, K, M, H] (pre-scaled); k, v: [nk, B, K, bk, H].
+def _sink_rows(cfg: _Config, sinks, kh: int):
+    """``[N]`` sink logits -> ``[1, K, M]`` rows of the internal layout (rows are (token,
+    group) pairs, head ``k * G + g``), in cfg.acc."""
+    rows = jnp.tile(sinks.astype(cfg.acc).reshape(1, kh, 1, cfg.groups), (1, 1, cfg.bq, 1))
+    return rows.reshape(1, kh, cfg.bq * cfg.groups)
+
+
+def _forward(cfg: _Config, q, k, v, bias, sinks, consts, aux, mask_consts):
+    """q: [nq, B, K, M, H] (pre-scaled); k, v: [nk, B, K, bk, H]; sinks: [N] or None.
 
     Returns out [nq, B, K, M, H] (dtype of v) and lse [nq, B, K, M] in cfg.acc.
     """
@@ -331,11 +338,14 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux, mask_consts):
             )
             return m_new, l_new, alpha[..., None] * acc + pv
 
-        init = (
-            jnp.full((b, kh, m_rows), -jnp.inf, cfg.acc),
-            jnp.zeros((b, kh, m_rows), cfg.acc),
-            jnp.zeros((b, kh, m_rows, h), cfg.acc),
-        )
+        if sinks is None:
+            m0, l0 = jnp.full((b, kh, m_rows), -jnp.inf, cfg.acc), jnp.zeros((b, kh, m_rows))
+        else:
+            # The sink is one more logit per row, with value 0: the running max starts at it
+            # and the running normalizer at exp(sink - max) = 1.
+            m0 = jnp.broadcast_to(_sink_rows(cfg, sinks, kh), (b, kh, m_rows))
+            l0 = jnp.ones((b, kh, m_rows))
+        init = (m0, l0.astype(cfg.acc), jnp.zeros((b, kh, m_rows, h), cfg.acc))
         m_fin, l_fin, acc = _run_loops(cfg, visits, i, kv_step, init)
         empty = l_fin == 0.0
         out = acc / jnp.where(empty, 1.0, l_fin)[..., None]
@@ -352,7 +362,7 @@ def _forward(cfg: _Config, q, k, v, bias, consts, aux, mask_consts):
 
 
 def _backward(cfg: _Config, res, cotangents):
-    q, k, v, bias, consts, aux, mask_consts, out, lse = res
+    q, k, v, bias, sinks, consts, aux, mask_consts, out, lse = res
     d_out, d_lse = cotangents
     _, b, kh, m_rows, h = q.shape
     visits = _visit_order(block_plan(cfg, aux).T)
@@ -360,6 +370,13 @@ def _backward(cfg: _Config, res, cotangents):
     # cotangent enters the same place (d lse / d s = p).
     delta = jnp.sum(d_out.astype(cfg.acc) * out.astype(cfg.acc), axis=-1)
     delta = delta - d_lse
+    dsinks = None
+    if sinks is not None:
+        # The sink's weight p = exp(sink - lse) has a zero value vector, so its logit
+        # gradient is p * (0 - delta), summed over every row of its head.
+        p_sink = jnp.exp(_sink_rows(cfg, sinks, kh)[None] - lse)  # [nq, B, K, M]
+        d = -(p_sink * delta).reshape(-1, b, kh, cfg.bq, cfg.groups)
+        dsinks = jnp.sum(d, axis=(0, 1, 3)).reshape(-1).astype(sinks.dtype)
     # Rows with lse = -inf saw no key; +inf makes exp(s - lse) exactly 0 there.
     lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
     has_terms = _has_terms(cfg, bias)
@@ -439,17 +456,17 @@ def _backward(cfg: _Config, res, cotangents):
     )
     dbias = None if bias is None else dbias.astype(bias.dtype)
     dconsts = tuple(d.astype(c.dtype) for d, c in zip(dconsts, consts, strict=True))
-    return dq.astype(q.dtype), dk, dv, dbias, dconsts, None, None
+    return dq.astype(q.dtype), dk, dv, dbias, dsinks, dconsts, None, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash_core(cfg, q, k, v, bias, consts, aux, mask_consts):
-    return _forward(cfg, q, k, v, bias, consts, aux, mask_consts)
+def _flash_core(cfg, q, k, v, bias, sinks, consts, aux, mask_consts):
+    return _forward(cfg, q, k, v, bias, sinks, consts, aux, mask_consts)
 
 
-def _flash_core_fwd(cfg, q, k, v, bias, consts, aux, mask_consts):
-    out, lse = _forward(cfg, q, k, v, bias, consts, aux, mask_consts)
-    return (out, lse), (q, k, v, bias, consts, aux, mask_consts, out, lse)
+def _flash_core_fwd(cfg, q, k, v, bias, sinks, consts, aux, mask_consts):
+    out, lse = _forward(cfg, q, k, v, bias, sinks, consts, aux, mask_consts)
+    return (out, lse), (q, k, v, bias, sinks, consts, aux, mask_consts, out, lse)
 
 
 _flash_core.defvjp(_flash_core_fwd, _backward)
@@ -537,7 +554,10 @@ def _user_terms(bias_fn, score_mod, b: int, n: int, kh: int, bq: int, bk: int):
 def _empty_result(inp: AttentionInputs):
     b, t, _, n, _, h = inp.dims
     acc = _checks.compute_dtype(inp.query.dtype)
-    return jnp.zeros((b, t, n, h), inp.query.dtype), jnp.full((b, n, t), -jnp.inf, acc)
+    lse = jnp.full((b, n, t), -jnp.inf, acc)
+    if inp.sinks is not None:  # only the sink: its log-sum-exp is the sink logit
+        lse = jnp.broadcast_to(inp.sinks.astype(acc)[None, :, None], (b, n, t))
+    return jnp.zeros((b, t, n, h), inp.query.dtype), lse
 
 
 def flash_attention(
@@ -560,6 +580,7 @@ def flash_attention(
     score_mod: Callable | None = None,
     mask_mod: Callable | None = None,
     block_mask: BlockMask | None = None,
+    sinks: jax.Array | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     return_residuals: bool = False,
@@ -645,6 +666,11 @@ def flash_attention(
         :func:`attention_jax.flex.create_block_mask` for this call's shapes: its
         ``mask_mod`` applies, and the flash path skips its empty blocks, evaluates the mask
         only on partial ones and runs with its block sizes.
+      sinks: optional ``[N]`` float sink logits, one per query head: the sink joins the
+        online-softmax denominator (the running max starts at it), so
+        ``w_ij = exp(l_ij) / (exp(sinks_h) + sum_j exp(l_ij))``; its gradient is
+        ``-sum_i exp(sinks_h - L_i) D_i`` over the rows of head ``h``. The returned
+        log-sum-exp includes the sink.
       block_q: query block size in tokens (a positive int; None: ``DEFAULT_BLOCK_Q``).
       block_k: key block size in tokens (a positive int; None: ``DEFAULT_BLOCK_K``).
       return_residuals: also return the float32 log-sum-exp of each row, ``[B, N, T]``
@@ -680,6 +706,7 @@ def flash_attention(
         score_mod=score_mod,
         mask_mod=mask_mod,
         block_mask=block_mask,
+        sinks=sinks,
         fn="flash_attention",
     )
     out, lse = flash_attention_canonical(
@@ -733,7 +760,7 @@ def flash_attention_canonical(
         _block_sizes(inp, block_q, block_k, fn)
         return _empty_result(inp)
     cfg, q, k, v, bias_int, consts, aux, mask_consts = _setup(inp, block_q, block_k, fn)
-    out, lse = _flash_core(cfg, q, k, v, bias_int, consts, aux, mask_consts)
+    out, lse = _flash_core(cfg, q, k, v, bias_int, inp.sinks, consts, aux, mask_consts)
     nq, bq, g, tp = cfg.nq, cfg.bq, cfg.groups, cfg.nq * cfg.bq
     # [nq, B, K, bq * G, H] -> [B, T, N, H]; lse [nq, B, K, bq * G] -> [B, N, T].
     out = out.reshape(nq, b, kh, bq, g, h).transpose(1, 0, 3, 2, 4, 5).reshape(b, tp, n, h)
@@ -754,6 +781,11 @@ def flash_block_plan(
 def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
     """The static config and the internal-layout operands of one flash call."""
     block_q, block_k = _block_sizes(inp, block_q, block_k, fn)
+    if inp.logits_head_mix is not None or inp.weights_head_mix is not None:
+        raise ValueError(
+            f"{fn}: logits_head_mix and weights_head_mix must be None on the flash path "
+            "(talking heads mix whole logit rows across heads; use implementation='xla')."
+        )
     b, t, s, n, kh, h = inp.dims
     g = n // kh
     bq, bk = min(block_q, t), min(block_k, s)
