@@ -42,6 +42,11 @@ from attention_jax.positional import (
     t5_relative_bias,
     t5_relative_position_bucket,
 )
+from attention_jax.variants import (
+    differential_attention,
+    forgetting_attention,
+    stick_breaking_attention,
+)
 
 
 def __getattr__(name: str):
