@@ -127,15 +127,17 @@ def check_softcap(softcap, *, fn: str) -> float | None:
     """
     if softcap is None:
         return None
-    if isinstance(softcap, jax.core.Tracer):
-        raise TypeError(
-            f"{fn}: softcap must be None or a Python float > 0 (static, not traced), got a "
-            f"traced {describe(softcap)}; close over a constant instead of passing it through jit."
-        )
     if isinstance(softcap, jax.Array | np.ndarray):
         if softcap.ndim != 0:
             raise ValueError(_error(fn, "softcap", "None or a scalar > 0", softcap))
-        softcap = float(softcap)
+        try:
+            softcap = float(softcap)
+        except jax.errors.ConcretizationTypeError:
+            raise TypeError(
+                f"{fn}: softcap must be None or a Python float > 0 (static, not traced), got "
+                f"a traced {describe(softcap)}; close over a constant instead of passing it "
+                "through jit."
+            ) from None
     return check_positive(softcap, "softcap", fn=fn, allow_none=True)
 
 
