@@ -74,10 +74,6 @@ class _Config:
     can_be_partial: bool  # some block may need a mask: the masked loop is traced
 
 
-def _ceil_div(a, b):
-    return -((-a) // b)
-
-
 # ----------------------------------------------------------------------------------------
 # Which blocks to visit: one [nq, nk] plan from every mask source.
 # ----------------------------------------------------------------------------------------
