@@ -19,10 +19,10 @@ install: $(STAMP)
 
 # CI and `make test`: everything but the tests marked slow.
 test: install
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n 2 --dist worksteal -q $(PYTEST_ARGS)
 
 test-all: install
-	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist worksteal -q $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
