@@ -12,7 +12,12 @@ from attention_jax import _checks, normalizers
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention_canonical
-from attention_jax.flex import BlockMask, evaluate_on_grid, reads_batch_and_head
+from attention_jax.flex import (
+    BlockMask,
+    evaluate_on_grid,
+    mask_grid_counts,
+    reads_batch_and_head,
+)
 from attention_jax.masks import attention_mask, combine_masks
 
 __all__ = ["dot_product_attention", "additive_attention", "attention_pool"]
@@ -41,34 +46,28 @@ def materialized_logits_and_mask(inp: AttentionInputs) -> tuple[jax.Array, jax.A
     if inp.bias is not None:
         logits = logits + inp.bias.astype(dtype)
     q_index, kv_index = jnp.arange(t), jnp.arange(s)
+    q_pos = q_index if inp.query_positions is None else inp.query_positions
+    kv_pos = kv_index if inp.key_value_positions is None else inp.key_value_positions
+    q_pos, kv_pos = q_pos.astype(jnp.int32), kv_pos.astype(jnp.int32)  # as the flash path
     if inp.bias_fn is not None:
-        q_pos = q_index if inp.query_positions is None else inp.query_positions
-        kv_pos = kv_index if inp.key_value_positions is None else inp.key_value_positions
         logits = logits + jnp.asarray(inp.bias_fn(q_pos, kv_pos)).astype(dtype)
-    mod_args = None
-    if inp.score_mod is not None or inp.mask_mod is not None:
-        q_pos = q_index if inp.query_positions is None else inp.query_positions
-        kv_pos = kv_index if inp.key_value_positions is None else inp.key_value_positions
-        mod_args = [
-            (jnp.arange(b, dtype=jnp.int32), (0,)),
-            (jnp.arange(n, dtype=jnp.int32), (1,)),
-            (q_pos.astype(jnp.int32), (0, 2) if q_pos.ndim == 2 else (2,)),
-            (kv_pos.astype(jnp.int32), (0, 3) if kv_pos.ndim == 2 else (3,)),
+
+    def grid_args(batch: int, heads: int):  # batch, head, q_idx, kv_idx of the [B, N, T, S] grid
+        return [
+            (jnp.arange(batch, dtype=jnp.int32), (0,)),
+            (jnp.arange(heads, dtype=jnp.int32), (1,)),
+            (q_pos, (0, 2) if q_pos.ndim == 2 else (2,)),
+            (kv_pos, (0, 3) if kv_pos.ndim == 2 else (3,)),
         ]
+
     if inp.score_mod is not None:
-        scores = [(logits, (0, 1, 2, 3))] + mod_args
+        scores = [(logits, (0, 1, 2, 3))] + grid_args(b, n)
         logits = evaluate_on_grid(inp.score_mod, logits.shape, scores).astype(dtype)
     mask_mod = None
     if inp.mask_mod is not None:
-        reads_batch, reads_head = reads_batch_and_head(inp.mask_mod)
-        b_eval = b if reads_batch or mod_args[2][0].ndim == 2 or mod_args[3][0].ndim == 2 else 1
-        n_eval = n if reads_head else 1
-        mask_args = [
-            (jnp.arange(b_eval, dtype=jnp.int32), (0,)),
-            (jnp.arange(n_eval, dtype=jnp.int32), (1,)),
-            *mod_args[2:],
-        ]
-        mask_mod = evaluate_on_grid(inp.mask_mod, (b_eval, n_eval, t, s), mask_args)
+        reads = reads_batch_and_head(inp.mask_mod)
+        b_eval, n_eval = mask_grid_counts(reads, b, n, q_pos, kv_pos)
+        mask_mod = evaluate_on_grid(inp.mask_mod, (b_eval, n_eval, t, s), grid_args(b_eval, n_eval))
     mask = combine_masks(
         mask_mod,
         inp.mask,

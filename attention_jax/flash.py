@@ -39,6 +39,7 @@ from attention_jax.flex import (
     BlockMask,
     create_block_mask,
     evaluate_on_grid,
+    mask_grid_counts,
     reads_batch_and_head,
 )
 from attention_jax.masks import attention_mask, combine_masks
@@ -246,9 +247,8 @@ def _block_mask(cfg: _Config, i, j, aux, mask_consts, b: int, kh: int):
             return cfg.mask_mod(bi, ki * g + gi, qi, kvi, *mask_consts)
 
         # A mask that does not read batch or head is evaluated once and broadcast.
-        reads_batch, reads_head = cfg.mask_reads
-        b_eval = b if reads_batch or q_pos.ndim == 2 or kv_pos.ndim == 2 else 1
-        kh_eval, g_eval = (kh, g) if reads_head else (1, 1)
+        b_eval, n_eval = mask_grid_counts(cfg.mask_reads, b, kh * g, q_pos, kv_pos)
+        kh_eval, g_eval = (kh, g) if n_eval == kh * g else (1, 1)
         sizes = (b_eval, kh_eval, cfg.bq, g_eval, cfg.bk)
         args = _grid_args(b_eval, kh_eval, g_eval, q_pos, kv_pos)
         mod = evaluate_on_grid(point, sizes, args)

@@ -77,6 +77,7 @@ __all__ = [
     "BlockMask",
     "create_block_mask",
     "evaluate_on_grid",
+    "mask_grid_counts",
     "reads_batch_and_head",
     "MaskMod",
     "ScoreMod",
@@ -485,6 +486,17 @@ def reads_batch_and_head(mask_mod: Callable) -> tuple[bool, bool]:
     return id(jaxpr.invars[0]) in used, id(jaxpr.invars[1]) in used
 
 
+def mask_grid_counts(
+    reads: tuple[bool, bool], batch: int, heads: int, query_positions, key_value_positions
+) -> tuple[int, int]:
+    """How many batch elements and heads to evaluate a ``mask_mod`` for: all of an index it
+    reads (``reads`` from :func:`reads_batch_and_head`), one (then broadcast) otherwise.
+    ``[B, T]`` positions make the mask depend on the batch element whatever it reads."""
+    reads_batch, reads_head = reads
+    batched = query_positions.ndim == 2 or key_value_positions.ndim == 2
+    return (batch if reads_batch or batched else 1), (heads if reads_head else 1)
+
+
 def check_mask_mod(mask_mod, *, fn: str) -> Callable | None:
     """``mask_mod(batch, head, q_idx, kv_idx) -> bool``, checked on int32 scalars."""
     if mask_mod is None:
@@ -649,9 +661,7 @@ def create_block_mask(
     b = batch_size or 1
     n = num_heads or 1
     # Evaluate once for the indices the mask does not read, then broadcast.
-    reads_batch, reads_head = reads_batch_and_head(mask_mod)
-    b_eval = b if reads_batch or q_pos.ndim == 2 or kv_pos.ndim == 2 else 1
-    n_eval = n if reads_head else 1
+    b_eval, n_eval = mask_grid_counts(reads_batch_and_head(mask_mod), b, n, q_pos, kv_pos)
     q_blocks = q_pos.reshape(q_pos.shape[:-1] + (nq, bq))
     kv_blocks = kv_pos.reshape(kv_pos.shape[:-1] + (nk, bk))
     q_valid = (jnp.arange(nq * bq) < q_len).reshape(nq, bq)
