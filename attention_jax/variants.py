@@ -190,6 +190,7 @@ def forgetting_attention(
     log_forget: jax.Array,
     *,
     scale: float | None = None,
+    query_positions: jax.Array | None = None,
     query_seq_lengths: jax.Array | None = None,
     key_value_seq_lengths: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
@@ -212,22 +213,28 @@ def forgetting_attention(
     per block with memory linear in ``T``, and gradients reach ``log_forget`` through ``c`` on
     every path. With ``log_forget = 0`` this is plain causal attention.
 
-    Self-attention only (``T == S``); the causal mask is always on. With packed sequences
+    Self-attention: key ``j`` sits at position ``j`` and, by default, query ``i`` too
+    (``T == S``); the causal mask is always on. Cached decoding passes the ``T`` new queries'
+    ``query_positions`` into the ``S`` cached keys (``log_forget`` then covers the keys, and
+    the gate of each new token must already be in it). With packed sequences
     (``segment_ids``) the decay between two tokens of one segment only sums gates inside it.
 
     Shapes::
 
-      query: [B, T, N, H]   key, value: [B, T, K, H]   log_forget: [B, T, N]  ->  [B, T, N, H]
-      (or unbatched [T, N, H], [T, K, H], [T, N] -> [T, N, H])
+      query: [B, T, N, H]   key, value: [B, S, K, H]   log_forget: [B, S, N]  ->  [B, T, N, H]
+      (or unbatched [T, N, H], [S, K, H], [S, N] -> [T, N, H]); S == T by default
 
     Args:
       query: ``[B, T, N, H]`` floating array.
       key: ``[B, T, K, H]``, same dtype as ``query``.
       value: ``[B, T, K, H]``, same dtype as ``query``.
-      log_forget: ``[B, T, N]`` floating, the log forget gate of each token and query head
-        (expected ``<= 0``; positive values are accepted and amplify instead). May be traced;
-        differentiated.
+      log_forget: ``[B, S, N]`` floating, the log forget gate of each token (key position)
+        and query head (expected ``<= 0``; positive values are accepted and amplify
+        instead). May be traced; differentiated.
       scale: logit scale, default ``1 / sqrt(H)``.
+      query_positions: optional ``[T]`` or ``[B, T]`` int positions of the queries among the
+        keys (default ``arange(T)``, which needs ``T == S``): query ``t`` reads the decay sum
+        up to key ``query_positions[t]`` and sees keys at positions ``<=`` it.
       query_seq_lengths, key_value_seq_lengths, segment_ids: as in
         :func:`attention_jax.dot_product_attention`.
       implementation: as in :func:`attention_jax.dot_product_attention`; paths that cannot
@@ -240,8 +247,8 @@ def forgetting_attention(
 
     Raises:
       TypeError: non-floating inputs or ``log_forget``, mixed query/key/value dtypes.
-      ValueError: ``T != S``, ``log_forget`` not ``[B, T, N]``, and the checks of
-        ``dot_product_attention``.
+      ValueError: ``T != S`` without ``query_positions``, ``log_forget`` not ``[B, S, N]``,
+        and the checks of ``dot_product_attention``.
     """
     fn = "forgetting_attention"
     inp = canonicalize_attention_inputs(
@@ -253,29 +260,37 @@ def forgetting_attention(
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         segment_ids=segment_ids,
+        query_positions=query_positions,
         fn=fn,
     )
     b, t, s, n, _, _ = inp.dims
-    if t != s:
+    if t != s and query_positions is None:
         raise ValueError(
-            f"{fn}: key and value must have the length T={t} of query (self-attention), got "
+            f"{fn}: key and value must have the length T={t} of query (self-attention; "
+            f"pass query_positions for queries among more keys), got "
             f"{_shapes(query=query, key=key, value=value)}."
         )
     log_forget = _checks.float_array(log_forget, "log_forget", fn=fn)
-    want = (t, n) if inp.unbatched else (b, t, n)
+    want = (s, n) if inp.unbatched else (b, s, n)
     if log_forget.shape != want:
-        letters = "[T, N]" if inp.unbatched else "[B, T, N]"
+        letters = "[S, N]" if inp.unbatched else "[B, S, N]"
         raise ValueError(
             f"{fn}: log_forget must be of shape {letters}={want}, got "
             f"{_checks.describe(log_forget)}."
         )
     acc = _checks.compute_dtype(log_forget.dtype)
-    c = jnp.cumsum(log_forget.astype(acc), axis=-2)  # [B, T, N]: c_i = sum_{l <= i} log f_l
+    c = jnp.cumsum(log_forget.astype(acc), axis=-2)  # [B, S, N]: c_j = sum_{l <= j} log f_l
     if inp.unbatched:
         c = c[None]
+    # Each query's cumulative sum, read at its position: [B|1, T, N].
+    if query_positions is None:
+        c_query = c
+    else:
+        qpos = jnp.clip(inp.query_positions, 0, s - 1)
+        c_query = jnp.take_along_axis(c, jnp.broadcast_to(qpos, (c.shape[0], t))[..., None], axis=1)
 
     def score_mod(score, batch, head, q_idx, kv_idx):
-        return score + (c[batch, q_idx, head] - c[batch, kv_idx, head]).astype(score.dtype)
+        return score + (c_query[batch, q_idx, head] - c[batch, kv_idx, head]).astype(score.dtype)
 
     return dot_product_attention(
         query,
@@ -286,6 +301,7 @@ def forgetting_attention(
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         segment_ids=segment_ids,
+        query_positions=query_positions,
         score_mod=score_mod,
         implementation=implementation,
         block_q=block_q,
@@ -306,6 +322,8 @@ def stick_breaking_attention(
     scale: float | None = None,
     attend_current: bool = False,
     return_remainder: bool = False,
+    query_positions: jax.Array | None = None,
+    key_value_positions: jax.Array | None = None,
 ):
     r"""Stick-breaking attention (Tan et al. 2024, "Scaling Stick-Breaking Attention: An
     Efficient Implementation and In-depth Study", arXiv 2410.17980).
@@ -326,13 +344,16 @@ def stick_breaking_attention(
     Computed in log space,
     :math:`\log A_{ij} = \log\sigma(l_{ij}) + \sum_{j<k<i} \log\sigma(-l_{ik})` with the sum a
     reverse cumulative sum over keys, so outputs and gradients stay finite for logits of any
-    finite size (``+-1e4`` included). Materialized path only: the float32 ``[B, N, T, T]``
-    logits are formed in full (no flash path). Causal self-attention, ``T == S``.
+    finite size (``+-1e4`` included). Materialized path only: the float32 ``[B, N, T, S]``
+    logits are formed in full (no flash path). Causal self-attention: by default ``T == S``
+    and query ``i`` sits at key position ``i``; cached decoding passes the new queries'
+    ``query_positions`` among ``S`` cached keys ("before" then compares positions, and the
+    key order is the order of the key positions, which must increase along ``S``).
 
     Shapes::
 
-      query: [B, T, N, H]   key, value: [B, T, K, H]  ->  [B, T, N, H] (and remainder [B, N, T])
-      (or unbatched [T, N, H], [T, K, H] -> [T, N, H] (and [N, T]))
+      query: [B, T, N, H]   key, value: [B, S, K, H]  ->  [B, T, N, H] (and remainder [B, N, T])
+      (or unbatched [T, N, H], [S, K, H] -> [T, N, H] (and [N, T])); S == T by default
 
     Args:
       query: ``[B, T, N, H]`` floating array.
@@ -342,6 +363,10 @@ def stick_breaking_attention(
       attend_current: let query ``i`` attend to key ``i`` (default False, the paper's form:
         the first query then attends to nothing, outputs zeros and keeps the remainder 1).
       return_remainder: also return ``1 - sum_j A_ij``.
+      query_positions: optional ``[T]`` or ``[B, T]`` int positions of the queries (default
+        ``arange(T)``, which needs ``T == S``).
+      key_value_positions: optional ``[S]`` or ``[B, S]`` increasing int positions of the
+        keys (default ``arange(S)``).
 
     Returns:
       ``[B, T, N, H]`` (``[T, N, H]`` unbatched) in the dtype of ``query``; with
@@ -350,15 +375,24 @@ def stick_breaking_attention(
 
     Raises:
       TypeError: non-floating inputs, mixed dtypes.
-      ValueError: ``T != S`` and the shape checks of ``dot_product_attention``.
+      ValueError: ``T != S`` without ``query_positions``, and the shape checks of
+        ``dot_product_attention``.
     """
     fn = "stick_breaking_attention"
-    inp = canonicalize_attention_inputs(query, key, value, scale=scale, fn=fn)
+    inp = canonicalize_attention_inputs(
+        query,
+        key,
+        value,
+        scale=scale,
+        query_positions=query_positions,
+        key_value_positions=key_value_positions,
+        fn=fn,
+    )
     b, t, s, n, kh, h = inp.dims
-    if t != s:
+    if t != s and query_positions is None:
         raise ValueError(
             f"{fn}: key and value must have the length T={t} of query (causal "
-            f"self-attention), got "
+            f"self-attention; pass query_positions for queries among more keys), got "
             f"{_shapes(query=query, key=key, value=value)}."
         )
     acc = _checks.compute_dtype(inp.query.dtype)
@@ -366,8 +400,13 @@ def stick_breaking_attention(
     q = inp.query.reshape(b, t, kh, g, h)
     logits = jnp.einsum("btkgh,bskh->bkgts", q, inp.key, preferred_element_type=acc)
     logits = logits.reshape(b, n, t, s) * jnp.asarray(inp.scale, acc)
-    rows, cols = jnp.arange(t)[:, None], jnp.arange(s)[None, :]
-    allowed = cols <= rows if attend_current else cols < rows  # [T, S]
+    q_pos = jnp.arange(t) if inp.query_positions is None else inp.query_positions
+    k_pos = jnp.arange(s) if inp.key_value_positions is None else inp.key_value_positions
+    rows = q_pos[..., :, None]  # [T, 1] or [B, T, 1]
+    cols = k_pos[..., None, :]  # [1, S] or [B, 1, S]
+    allowed = cols <= rows if attend_current else cols < rows  # [B|1?, T, S]
+    if allowed.ndim == 3:
+        allowed = allowed[:, None]  # [B, 1, T, S] against the [B, N, T, S] logits
     log_keep = jnp.where(allowed, jax.nn.log_sigmoid(-logits), 0.0)  # log(1 - beta_ik)
     # after[i, j] = sum_{k > j, allowed} log(1 - beta_ik): an exclusive reverse cumulative sum,
     # taken as the inclusive one shifted by a key (no subtraction, no cancellation).

@@ -534,7 +534,7 @@ def test_forgetting_error_length():
     with raises(
         ValueError,
         "forgetting_attention: key and value must have the length T=9 of query "
-        "(self-attention), got query (2, 9, 4, 5), key (2, 6, 2, 5), value (2, 6, 2, 5).",
+        "(self-attention; pass query_positions for queries among more keys), got query (2, 9, 4, 5), key (2, 6, 2, 5), value (2, 6, 2, 5).",
     ):
         forgetting_attention(q, k[:, :6], v[:, :6], lf)
 
@@ -543,7 +543,7 @@ def test_forgetting_error_log_forget_shape():
     q, k, v, lf = fox_inputs()
     with raises(
         ValueError,
-        "forgetting_attention: log_forget must be of shape [B, T, N]=(2, 9, 4), got "
+        "forgetting_attention: log_forget must be of shape [B, S, N]=(2, 9, 4), got "
         "float32 array of shape (2, 9, 2).",
     ):
         forgetting_attention(q, k, v, lf[..., :2])
@@ -553,7 +553,7 @@ def test_forgetting_error_log_forget_shape_unbatched():
     q, k, v, lf = fox_inputs()
     with raises(
         ValueError,
-        "forgetting_attention: log_forget must be of shape [T, N]=(9, 4), got "
+        "forgetting_attention: log_forget must be of shape [S, N]=(9, 4), got "
         "float32 array of shape (2, 9, 4).",
     ):
         forgetting_attention(q[0], k[0], v[0], lf)
@@ -584,7 +584,7 @@ def test_stick_breaking_error_length():
     with raises(
         ValueError,
         "stick_breaking_attention: key and value must have the length T=6 of query (causal "
-        "self-attention), got query (2, 6, 4, 5), key (2, 9, 2, 5), value (2, 9, 2, 5).",
+        "self-attention; pass query_positions for queries among more keys), got query (2, 6, 4, 5), key (2, 9, 2, 5), value (2, 9, 2, 5).",
     ):
         stick_breaking_attention(q[:, :6], k, v)
 
@@ -597,3 +597,43 @@ def test_stick_breaking_error_checks_name_the_function():
         "bfloat16, float32.",
     ):
         stick_breaking_attention(q, k.astype(jnp.bfloat16), v)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "flash"])
+def test_forgetting_query_positions_equal_rows_of_the_full_call(implementation):
+    """Queries placed among more keys (cached decoding) give the rows of the full call."""
+    q, k, v, lf = fox_inputs()
+    full = forgetting_attention(q, k, v, lf, implementation=implementation, **BLOCKS)
+    for rows in (slice(6, 9), slice(4, 5)):
+        pos = jnp.arange(9)[rows]
+        part = forgetting_attention(
+            q[:, rows], k, v, lf, query_positions=pos, implementation=implementation, **BLOCKS
+        )
+        chex.assert_trees_all_close(part, full[:, rows], **TOL)
+    # [B, T] positions: a different row per batch element.
+    pos = jnp.array([[2], [7]])
+    part = forgetting_attention(q[jnp.arange(2), pos[:, 0]][:, None], k, v, lf, query_positions=pos)
+    chex.assert_trees_all_close(part[:, 0], full[jnp.arange(2), pos[:, 0]], **TOL)
+
+
+@pytest.mark.parametrize("attend_current", [False, True])
+def test_stick_breaking_query_positions_equal_rows_of_the_full_call(attend_current):
+    q, k, v, _ = fox_inputs()
+    full, rem = stick_breaking_attention(
+        q, k, v, attend_current=attend_current, return_remainder=True
+    )
+    pos = jnp.arange(5, 9)
+    part, part_rem = stick_breaking_attention(
+        q[:, 5:], k, v, attend_current=attend_current, return_remainder=True, query_positions=pos
+    )
+    chex.assert_trees_all_close(part, full[:, 5:], **TOL)
+    chex.assert_trees_all_close(part_rem, rem[..., 5:], **TOL)
+    pos = jnp.array([[2], [7]])
+    part = stick_breaking_attention(
+        q[jnp.arange(2), pos[:, 0]][:, None],
+        k,
+        v,
+        attend_current=attend_current,
+        query_positions=pos,
+    )
+    chex.assert_trees_all_close(part[:, 0], full[jnp.arange(2), pos[:, 0]], **TOL)
