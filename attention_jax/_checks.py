@@ -29,6 +29,7 @@ __all__ = [
     "check_int_in",
     "check_positive",
     "check_rate",
+    "check_real_in",
     "check_softcap",
     "check_window",
     "compute_dtype",
@@ -105,6 +106,13 @@ def check_rate(value, name: str, *, fn: str) -> float:
     """A probability in ``[0, 1)`` (a dropout rate); returns a Python float."""
     if not is_real(value) or not 0.0 <= value < 1.0:
         raise ValueError(_error(fn, name, "a number in [0, 1)", value))
+    return float(value)
+
+
+def check_real_in(value, name: str, *, fn: str, low: float, high: float) -> float:
+    """A real number in the closed interval ``[low, high]``; returns a Python float."""
+    if not is_real(value) or not low <= value <= high:
+        raise ValueError(_error(fn, name, f"a number in [{low:g}, {high:g}]", value))
     return float(value)
 
 

@@ -2,15 +2,18 @@
 
 Four families, each plugging in at a different place (see ``DESIGN.md``):
 
-* absolute tables added to token embeddings: :func:`sinusoidal_encoding`;
+* absolute tables added to token embeddings: :func:`sinusoidal_encoding`, and its 2-D
+  version for image patches :func:`sinusoidal_encoding_2d`;
 * rotations of queries and keys: :func:`apply_rope` (with :class:`RopeScaling` for
-  longer contexts than trained on);
+  longer contexts than trained on), and axial 2-D RoPE for images :func:`apply_rope_2d`;
 * additive biases on the attention logits: :func:`alibi_bias` (slopes from
   :func:`alibi_slopes`) and :func:`t5_relative_bias` (buckets from
   :func:`t5_relative_position_bucket`).
 
 Positions are explicit integer arrays everywhere, so the same call serves training,
-packed sequences and cached decoding (where positions start at the cache length).
+packed sequences and cached decoding (where positions start at the cache length). On a 2-D
+grid of image patches a token has a row and a column; :func:`grid_positions` gives both for
+the row-major order of :func:`attention_jax.vision.patchify`.
 Static configuration (dimensions, ``base``, ``fraction``, ``scaling``, bucket counts) is
 keyword-only and must be plain Python values; positions may be traced. Frequency and
 bucket tables depend only on the static configuration, so they are computed in float64
@@ -56,9 +59,12 @@ __all__ = [
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",
+    "apply_rope_2d",
+    "grid_positions",
     "relative_positions",
     "rope_frequencies",
     "sinusoidal_encoding",
+    "sinusoidal_encoding_2d",
     "t5_relative_bias",
     "t5_relative_position_bucket",
 ]
@@ -382,6 +388,174 @@ def _rope(x, positions, *, rot: int, base: float, interleaved: bool, scaling) ->
         return rotated
     # Pass-through dims are copied, not round-tripped through float32.
     return jnp.concatenate([rotated, x[..., rot:]], axis=-1)
+
+
+# --------------------------------------------------------------- 2-D (image patches)
+
+
+def grid_positions(height: int, width: int) -> tuple[jax.Array, jax.Array]:
+    """Row and column of each cell of a ``height x width`` grid, in row-major order.
+
+    Cell ``t`` sits at row ``t // width`` and column ``t % width``: the token order of
+    :func:`attention_jax.vision.patchify` and of :func:`sinusoidal_encoding_2d`, so
+    ``apply_rope_2d(q, *grid_positions(h, w))`` rotates the queries of an ``h x w`` patch
+    grid.
+
+    Args:
+      height: number of grid rows (static int >= 1).
+      width: number of grid columns (static int >= 1).
+
+    Returns:
+      ``(rows, cols)``, two int32 arrays ``[height * width]``.
+    """
+    fn = "grid_positions"
+    height = check_int(height, "height", fn=fn)
+    width = check_int(width, "width", fn=fn)
+    cells = np.arange(height * width)
+    return jnp.asarray(cells // width, jnp.int32), jnp.asarray(cells % width, jnp.int32)
+
+
+def sinusoidal_encoding_2d(height: int, width: int, dim: int, *, base: float = 10000.0):
+    r"""Fixed 2-D sin-cos position table of a ``height x width`` grid (ViT/MAE style).
+
+    The first half of the channels is the 1-D :func:`sinusoidal_encoding` of the row
+    :math:`r`, the second half that of the column :math:`c`, each with ``dim / 2`` channels
+    and sine and cosine interleaved as in the 1-D table: for :math:`i < d/4`
+
+    .. math::
+
+      PE[t, 2i] = \sin(r / \mathrm{base}^{4i/d}), \quad
+      PE[t, 2i+1] = \cos(r / \mathrm{base}^{4i/d}),
+
+      PE[t, d/2 + 2i] = \sin(c / \mathrm{base}^{4i/d}), \quad
+      PE[t, d/2 + 2i+1] = \cos(c / \mathrm{base}^{4i/d}),
+
+    with token :math:`t = r \cdot \mathrm{width} + c` (row-major, the order of
+    :func:`attention_jax.vision.patchify`). The frequencies are those of MAE's
+    ``get_2d_sincos_pos_embed``; the channel order differs (MAE concatenates all sines
+    before all cosines and, through its ``meshgrid``, puts the column half first), a fixed
+    permutation of the channels that makes no difference to a model trained from scratch.
+
+    Args:
+      height: number of grid rows (static int >= 1).
+      width: number of grid columns (static int >= 1).
+      dim: model dimension ``d``, a positive multiple of 4 (sin/cos pairs for rows and
+        for columns).
+      base: wavelength base (keyword-only, static).
+
+    Returns:
+      float32 array ``[height * width, dim]``.
+
+    Raises:
+      ValueError: ``height`` or ``width`` not an int >= 1, ``dim`` not a positive multiple
+        of 4, or ``base`` <= 1.
+    """
+    fn = "sinusoidal_encoding_2d"
+    if not is_int(dim) or dim < 4 or dim % 4:
+        raise ValueError(
+            f"{fn}: dim must be a positive multiple of 4 (sin/cos pairs for rows and "
+            f"columns), got {dim!r}."
+        )
+    _check_base(base, fn)
+    height = check_int(height, "height", fn=fn)
+    width = check_int(width, "width", fn=fn)
+    return _sinusoidal_2d(height=height, width=width, dim=dim, base=float(base))
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width", "dim", "base"))
+def _sinusoidal_2d(*, height: int, width: int, dim: int, base: float) -> jax.Array:
+    rows = jnp.arange(height, dtype=jnp.int32)
+    cols = jnp.arange(width, dtype=jnp.int32)
+    row_table = _sinusoidal(rows, dim=dim // 2, base=base)  # [height, dim/2]
+    col_table = _sinusoidal(cols, dim=dim // 2, base=base)  # [width, dim/2]
+    table = jnp.concatenate(
+        [
+            jnp.broadcast_to(row_table[:, None, :], (height, width, dim // 2)),
+            jnp.broadcast_to(col_table[None, :, :], (height, width, dim // 2)),
+        ],
+        axis=-1,
+    )
+    return table.reshape(height * width, dim)
+
+
+def apply_rope_2d(
+    x: ArrayLike,
+    rows: ArrayLike,
+    cols: ArrayLike,
+    *,
+    base: float = 100.0,
+    interleaved: bool = False,
+) -> jax.Array:
+    r"""Axial 2-D rotary position embedding (Heo et al. 2024, "RoPE-Axial").
+
+    The head dim is split in two halves: the first ``H/2`` dims get :func:`apply_rope`
+    at the row positions, the second ``H/2`` dims at the column positions, both with the
+    frequencies of a head dim of ``H/2``, :math:`\theta_i = \mathrm{base}^{-4i/H}`,
+    :math:`i < H/4`. With :math:`R_\phi` the rotation by angle :math:`\phi`, the pairs
+    :math:`(a_i, b_i)` of the first half and :math:`(a'_i, b'_i)` of the second become
+
+    .. math::
+
+      (a_i, b_i) \mapsto R_{r \theta_i} (a_i, b_i), \qquad
+      (a'_i, b'_i) \mapsto R_{c \theta_i} (a'_i, b'_i),
+
+    so half of the rotated pairs turn with the row index and half with the column index,
+    and :math:`\langle \mathrm{rope2d}(q, r_1, c_1), \mathrm{rope2d}(k, r_2, c_2) \rangle`
+    depends on the positions only through :math:`(r_1 - r_2, c_1 - c_2)`. Norms are
+    preserved. The default ``base = 100`` is the paper's (patch grids are short).
+
+    Pairing within each half follows :func:`apply_rope`: ``interleaved=False`` pairs
+    ``(x[i], x[i + H/4])`` of the half (GPT-NeoX / LLaMA), ``True`` pairs
+    ``(x[2i], x[2i+1])``. The paper's reference code (``naver-ai/rope-vit``,
+    ``compute_axial_cis``) pairs adjacent dims and turns its first half with the column
+    (``x``) index: its exact layout is ``apply_rope_2d(x, cols, rows, interleaved=True)``.
+
+    Args:
+      x: floating array ``[B, T, N, H]`` or ``[T, N, H]``, with ``H`` a multiple of 4.
+      rows: integer array ``[B, T]`` or ``[T]`` (``[T]`` is shared across the batch); row
+        index of each token, e.g. from :func:`grid_positions`. May be traced.
+      cols: integer array ``[B, T]`` or ``[T]``; column index of each token. May be traced.
+      base: frequency base (keyword-only, static).
+      interleaved: pairing of dims within each half (keyword-only, static); see above.
+
+    Returns:
+      array with the shape and dtype of ``x``; the rotation is computed in float32.
+
+    Raises:
+      TypeError: ``x`` is not floating, or ``rows`` / ``cols`` not integer.
+      ValueError: wrong rank, ``rows`` / ``cols`` shape not matching ``x``, ``H`` not a
+        multiple of 4, or ``base`` <= 1.
+    """
+    fn = "apply_rope_2d"
+    x = float_array(x, "x", fn=fn)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{fn}: x must be of shape [B, T, N, H] or [T, N, H], got {describe(x)}.")
+    seq_len, head_dim = x.shape[-3], x.shape[-1]
+    expected = "[B, T] or [T]" if x.ndim == 4 else "[T]"
+    checked = []
+    for name, p in (("rows", rows), ("cols", cols)):
+        p = int_array(p, name, fn=fn)
+        if p.shape not in ((seq_len,), x.shape[:-2]):
+            raise ValueError(
+                f"{fn}: {name} must be of shape {expected} matching x {x.shape}, got {describe(p)}."
+            )
+        checked.append(p)
+    if head_dim % 4:
+        raise ValueError(
+            f"{fn}: head dim H must be a multiple of 4 (half of the pairs for rows, half "
+            f"for columns), got H={head_dim}."
+        )
+    _check_base(base, fn)
+    return _rope_2d(x, *checked, base=float(base), interleaved=bool(interleaved))
+
+
+@functools.partial(jax.jit, static_argnames=("base", "interleaved"))
+def _rope_2d(x, rows, cols, *, base: float, interleaved: bool) -> jax.Array:
+    half = x.shape[-1] // 2
+    kw = dict(rot=half, base=base, interleaved=interleaved, scaling=None)
+    return jnp.concatenate(
+        [_rope(x[..., :half], rows, **kw), _rope(x[..., half:], cols, **kw)], axis=-1
+    )
 
 
 # ------------------------------------------------------------------------------ ALiBi
