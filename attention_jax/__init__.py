@@ -13,6 +13,7 @@ from attention_jax.attention import additive_attention, attention_pool, dot_prod
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention, merge_attention
 from attention_jax.flex import BlockMask, create_block_mask
+from attention_jax.interpret import attention_rollout
 from attention_jax.masks import (
     attention_mask,
     causal_mask,
@@ -36,9 +37,12 @@ from attention_jax.positional import (
     alibi_bias,
     alibi_slopes,
     apply_rope,
+    apply_rope_2d,
+    grid_positions,
     relative_positions,
     rope_frequencies,
     sinusoidal_encoding,
+    sinusoidal_encoding_2d,
     t5_relative_bias,
     t5_relative_position_bucket,
 )
@@ -47,6 +51,7 @@ from attention_jax.variants import (
     forgetting_attention,
     stick_breaking_attention,
 )
+from attention_jax.vision import patchify, unpatchify
 
 
 def __getattr__(name: str):

@@ -102,9 +102,11 @@ def test_cached_decoding_matches_full_pass(positional, num_kv_heads, window, tok
 def test_cache_structure_stores_kv_heads(rope_lm):
     cache = rope_lm.init_cache(B, 10)
     assert isinstance(cache, ajnn.KVCache)
-    assert len(cache.key) == len(cache.value) == 2
-    for k, v in zip(cache.key, cache.value, strict=True):
-        chex.assert_shape([k, v], (B, 10, 2, 4))  # K = 2 heads, not N = 4
+    assert cache.num_layers == 2
+    for layer in cache.layers:
+        assert isinstance(layer, ajnn.AttentionCache) and layer.log_forget is None
+        chex.assert_shape([layer.key, layer.value], (B, 10, 2, 4))  # K = 2 heads, not N = 4
+    assert cache.num_floats_per_token() == 2 * 2 * (2 * 4)
     assert cache.length.dtype == jnp.int32 and cache.length.shape == ()
     assert int(cache.length) == 0
 
@@ -289,7 +291,7 @@ def test_validate_tokens_checkify_under_jit(rope_lm):
 
 
 def test_cache_overflow_in_call(rope_lm):
-    cache = rope_lm.init_cache(1, 4)._replace(length=jnp.int32(3))  # as after a 3-token prefill
+    cache = rope_lm.init_cache(1, 4).with_length(3)  # as after a 3-token prefill
     with pytest.raises(
         ValueError,
         match=r"^TransformerLM: cache must have room for 2 new tokens, got 3 of 4 slots "

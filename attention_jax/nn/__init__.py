@@ -2,9 +2,21 @@
 
 from attention_jax.nn.attention import MultiHeadAttention
 from attention_jax.nn.block import TransformerBlock
-from attention_jax.nn.cache import AttentionCache, EncoderDecoderCache, KVCache, init_kv_cache
+from attention_jax.nn.cache import (
+    AttentionCache,
+    EncoderDecoderCache,
+    KVCache,
+    LatentCache,
+    LayerCache,
+    init_kv_cache,
+)
 from attention_jax.nn.checks import validate_tokens
-from attention_jax.nn.config import AttentionConfig, TransformerConfig
+from attention_jax.nn.config import (
+    ATTENTION_GATES,
+    ATTENTION_KINDS,
+    AttentionConfig,
+    TransformerConfig,
+)
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.encoder import TransformerClassifier, TransformerEncoder
 from attention_jax.nn.encoder_decoder import EncoderDecoder

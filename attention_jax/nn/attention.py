@@ -3,7 +3,9 @@
 
 The module owns parameters only; masking, the normalizer, softcapping and dropout of the
 weights all happen in the functional core, so there is one attention implementation. Its
-options are one :class:`attention_jax.nn.AttentionConfig`.
+options are one :class:`attention_jax.nn.AttentionConfig`, whose ``attention`` field picks
+the variant (softmax, differential, forgetting, stick-breaking, multi-head latent) and whose
+other fields add sinks, output gates, value residuals and talking heads around it.
 
 Shape letters: ``B`` batch, ``T`` queries, ``S`` keys, ``D`` features, ``N`` query heads,
 ``K`` key/value heads, ``H`` head dim.
@@ -11,6 +13,7 @@ Shape letters: ``B`` batch, ``T`` queries, ``S`` keys, ``D`` features, ``N`` que
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +23,33 @@ from flax import nnx
 
 from attention_jax._checks import check_int, describe, float_array
 from attention_jax.attention import dot_product_attention
-from attention_jax.nn.cache import AttentionCache
-from attention_jax.nn.config import AttentionConfig
+from attention_jax.nn.cache import AttentionCache, LatentCache, LayerCache
+from attention_jax.nn.config import CAUSAL_ONLY_ATTENTION, AttentionConfig
 from attention_jax.nn.positional import T5RelativeBias
 from attention_jax.positional import alibi_bias, alibi_slopes, apply_rope
+from attention_jax.variants import (
+    differential_attention,
+    forgetting_attention,
+    stick_breaking_attention,
+)
 
 __all__ = ["MultiHeadAttention"]
+
+
+def differential_lambda_init(layer_index: int) -> float:
+    """``lambda_init = 0.8 - 0.6 exp(-0.3 layer_index)`` of Ye et al. 2024 (layers from 0)."""
+    return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
+
+
+def _pad_last(x: jax.Array, size: int) -> jax.Array:
+    """Zero-pads the last axis to ``size``: values narrower than the keys (MLA) ride along
+    in the core call, which takes one head dim for both, and are sliced back afterwards."""
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
+
+
+def _map_out(out, f: Callable):
+    """``f`` on the output of a core call that may also carry weights ``(out, weights)``."""
+    return (f(out[0]), out[1]) if isinstance(out, tuple) else f(out)
 
 
 def _sum_bias_fns(fns: list[Callable]) -> Callable | None:
@@ -75,6 +99,7 @@ class MultiHeadAttention(nnx.Module):
         in_features: int,
         config: AttentionConfig,
         *,
+        layer_index: int = 0,
         out_features: int | None = None,
         context_features: int | None = None,
         rngs: nnx.Rngs,
@@ -86,6 +111,7 @@ class MultiHeadAttention(nnx.Module):
                 f"{fn}: config must be an AttentionConfig, got {describe(config)} (keyword "
                 "options go to MultiHeadAttention.create(in_features, num_heads, ...))."
             )
+        self.layer_index = check_int(layer_index, "layer_index", fn=fn, minimum=0)
         out_features = in_features if out_features is None else out_features
         context_features = in_features if context_features is None else context_features
         self.config = config
@@ -94,20 +120,31 @@ class MultiHeadAttention(nnx.Module):
         context_features = check_int(context_features, "context_features", fn=fn)
 
         n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
+        kind = config.attention
         kw = dict(
             use_bias=config.use_bias,
             dtype=config.dtype,
             param_dtype=config.param_dtype,
             rngs=rngs,
         )
-        self.query = nnx.Linear(in_features, n * h, **kw)
-        self.key = nnx.Linear(context_features, k * h, **kw)
-        self.value = nnx.Linear(context_features, k * h, **kw)
+        norm = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+        if kind == "mla":
+            r, c = config.rope_head_dim or 0, config.kv_latent_dim
+            self.query = nnx.Linear(in_features, n * (h + r), **kw)  # [q_content, q_rope]
+            self.key = self.value = None
+            self.kv_down = nnx.Linear(context_features, c + r, **kw)  # [c_kv, k_rope]
+            self.kv_norm = nnx.RMSNorm(c, **norm)
+            # No bias: the absorbed decoding path multiplies the latent by these weights.
+            self.kv_up = nnx.Linear(c, n * 2 * h, **{**kw, "use_bias": False})  # [k, v]
+        else:
+            self.query = nnx.Linear(in_features, n * h, **kw)
+            self.key = nnx.Linear(context_features, k * h, **kw)
+            self.value = nnx.Linear(context_features, k * h, **kw)
+            self.kv_down = self.kv_norm = self.kv_up = None
         self.out = nnx.Linear(n * h, out_features, **kw)
         if config.qk_norm:
-            norm = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
-            self.q_norm = nnx.RMSNorm(h, **norm)
-            self.k_norm = nnx.RMSNorm(h, **norm)
+            self.q_norm = nnx.RMSNorm(self._qk_dim, **norm)
+            self.k_norm = nnx.RMSNorm(self._qk_dim, **norm)
         else:
             self.q_norm = self.k_norm = None
         self.relative_bias = (
@@ -122,6 +159,40 @@ class MultiHeadAttention(nnx.Module):
             if config.positional == "t5"
             else None
         )
+        # Differential attention: lambda from four learned vectors (normal(0, 0.1) as in the
+        # paper's code), a per-head RMSNorm of the output, and the (1 - lambda_init) factor.
+        if kind == "differential":
+            init = nnx.initializers.normal(0.1)
+            self.lambda_query = nnx.Param(init(rngs.params(), (2, h // 2), config.param_dtype))
+            self.lambda_key = nnx.Param(init(rngs.params(), (2, h // 2), config.param_dtype))
+            self.head_norm = nnx.RMSNorm(h, **norm)
+            self.lambda_init = differential_lambda_init(self.layer_index)
+        else:
+            self.lambda_query = self.lambda_key = self.head_norm = None
+            self.lambda_init = None
+        # Forgetting attention: one forget gate per token and head from the layer input.
+        self.forget_gate = (
+            nnx.Linear(in_features, n, **{**kw, "use_bias": True}) if kind == "forgetting" else None
+        )
+        zeros = nnx.initializers.zeros
+        self.sinks = (
+            nnx.Param(zeros(rngs.params(), (n,), config.param_dtype)) if config.sinks else None
+        )
+        gate_features = {"headwise": n, "elementwise": n * h, None: 0}[config.attention_gate]
+        self.gate = nnx.Linear(in_features, gate_features, **kw) if gate_features else None
+        # Value residual: the first layer has nothing to mix; the others learn (lambda_1,
+        # lambda_2) for lambda_1 v + lambda_2 v_first, initialized to 0.5 each.
+        self.value_residual_lambdas = (
+            nnx.Param(jnp.full((2,), 0.5, config.param_dtype))
+            if config.value_residual and self.layer_index > 0
+            else None
+        )
+        if config.talking_heads:
+            eye = jnp.eye(n, dtype=config.param_dtype)
+            self.logits_head_mix = nnx.Param(eye)
+            self.weights_head_mix = nnx.Param(eye)
+        else:
+            self.logits_head_mix = self.weights_head_mix = None
         # Attention dropout draws its keys from here unless a call passes `rngs`.
         self.dropout_rngs = rngs["dropout"].fork() if config.attention_dropout > 0 else None
 
@@ -186,8 +257,18 @@ class MultiHeadAttention(nnx.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def _heads(self, y: jax.Array, heads: int) -> jax.Array:
-        return y.reshape(*y.shape[:-1], heads, self.head_dim)
+    @property
+    def _qk_dim(self) -> int:
+        """Width of one q/k head as RoPE and QK-norm see it (``H / 2`` for differential
+        attention, whose heads are two halves; MLA's content part otherwise ``H``)."""
+        h = self.config.head_dim
+        return h // 2 if self.config.attention == "differential" else h
+
+    def _qk_heads(self, y: jax.Array, heads: int) -> jax.Array:
+        """``[B, T, heads * H]`` -> ``[B, T, heads', H']``: ``heads`` heads of ``H``, or
+        ``2 * heads`` halves of ``H / 2`` for differential attention."""
+        factor = self.config.head_dim // self._qk_dim
+        return y.reshape(*y.shape[:-1], heads * factor, self._qk_dim)
 
     def _rope(self, x: jax.Array, positions: jax.Array | None) -> jax.Array:
         if positions is None:
@@ -203,8 +284,20 @@ class MultiHeadAttention(nnx.Module):
 
     def project_query(self, x: jax.Array, query_positions: jax.Array | None = None) -> jax.Array:
         """``x [B, T, D]`` -> ``q [B, T, N, H]`` (QK-norm, then RoPE at ``query_positions``
-        ``[T]`` or ``[B, T]``, default ``arange(T)``)."""
-        q = self._heads(self.query(x), self.num_heads)
+        ``[T]`` or ``[B, T]``, default ``arange(T)``).
+
+        Differential attention: ``[B, T, 2N, H / 2]``, the two halves of each head (head
+        ``i``'s halves at ``2i, 2i + 1``), normed and rotated as heads of their own. MLA:
+        ``[B, T, N, H + rope_head_dim]``, the content part and the rotated RoPE part.
+        """
+        cfg = self.config
+        if cfg.attention == "mla":
+            q = self.query(x).reshape(*x.shape[:2], cfg.num_heads, -1)
+            if self.positional != "rope":
+                return q
+            h = cfg.head_dim
+            return jnp.concatenate([q[..., :h], self._rope(q[..., h:], query_positions)], -1)
+        q = self._qk_heads(self.query(x), self.num_heads)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.positional == "rope":
@@ -214,20 +307,59 @@ class MultiHeadAttention(nnx.Module):
     def project_key_value(
         self, context: jax.Array, key_value_positions: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array]:
-        """``context [B, S, D_c]`` -> ``(k, v)``, each ``[B, S, K, H]``.
+        """``context [B, S, D_c]`` -> ``(k, v)``, each ``[B, S, K, H]`` (``k`` is
+        ``[B, S, 2K, H / 2]`` for differential attention).
 
         QK-norm and RoPE (at ``key_value_positions`` ``[S]`` or ``[B, S]``, default
         ``arange(S)``) are applied to ``k``, so the result is exactly what attention
         consumes: cross-attention over a fixed context computes it once and passes it as
-        ``context_key_value``.
+        ``context_key_value``. (MLA layers project a latent instead: :meth:`project_latent`.)
         """
-        k = self._heads(self.key(context), self.num_kv_heads)
-        v = self._heads(self.value(context), self.num_kv_heads)
+        if self.config.attention == "mla":
+            raise ValueError(
+                "MultiHeadAttention.project_key_value: an attention='mla' layer projects a "
+                "latent (project_latent), not keys and values."
+            )
+        k = self._qk_heads(self.key(context), self.num_kv_heads)
+        v = self.value(context).reshape(*context.shape[:2], self.num_kv_heads, self.head_dim)
         if self.k_norm is not None:
             k = self.k_norm(k)
         if self.positional == "rope":
             k = self._rope(k, key_value_positions)
         return k, v
+
+    def project_latent(
+        self, context: jax.Array, key_value_positions: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """MLA: ``context [B, S, D_c]`` -> ``(latent [B, S, kv_latent_dim], rope_key [B, S,
+        rope_head_dim])``: the RMS-normed ``c_kv = x W_dkv`` and the RoPE key shared by the
+        heads (rotated at ``key_value_positions``): what the :class:`LatentCache` stores."""
+        cfg = self.config
+        down = self.kv_down(context)
+        latent = self.kv_norm(down[..., : cfg.kv_latent_dim])
+        rope_key = down[..., cfg.kv_latent_dim :]
+        if self.positional == "rope":
+            rope_key = self._rope(rope_key[:, :, None, :], key_value_positions)[:, :, 0]
+        return latent, rope_key
+
+    def _mla_up(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """MLA's up-projections ``W_uk, W_uv``, each ``[kv_latent_dim, N, H]``."""
+        cfg = self.config
+        w = self.kv_up.kernel[...].astype(dtype)
+        w = w.reshape(cfg.kv_latent_dim, cfg.num_heads, 2 * cfg.head_dim)
+        return w[..., : cfg.head_dim], w[..., cfg.head_dim :]
+
+    def _mla_key_value(self, latent: jax.Array, rope_key: jax.Array):
+        """MLA's full keys ``[B, S, N, H + rope_head_dim]`` (content part up-projected from
+        the latent, RoPE part shared by the heads) and values ``[B, S, N, H]``."""
+        cfg = self.config
+        b, s = latent.shape[:2]
+        kv = self.kv_up(latent).reshape(b, s, cfg.num_heads, 2 * cfg.head_dim)
+        k, v = kv[..., : cfg.head_dim], kv[..., cfg.head_dim :]
+        shared = jnp.broadcast_to(
+            rope_key[:, :, None, :], (b, s, cfg.num_heads, rope_key.shape[-1])
+        )
+        return jnp.concatenate([k, shared.astype(k.dtype)], -1), v
 
     def bias_fn(self, extra: Callable | None = None) -> Callable | None:
         """The ``bias_fn(query_positions, key_value_positions)`` passed to the core: this
@@ -243,19 +375,44 @@ class MultiHeadAttention(nnx.Module):
             fns.append(extra)
         return _sum_bias_fns(fns)
 
-    def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> AttentionCache:
-        """An empty self-attention cache ``[batch_size, max_len, K, H]`` with length 0.
+    def differential_lambda(self) -> jax.Array:
+        """Differential attention's ``lambda = exp(lq_1 . lk_1) - exp(lq_2 . lk_2) +
+        lambda_init`` (float32 scalar)."""
+        lq = self.lambda_query[...].astype(jnp.float32)
+        lk = self.lambda_key[...].astype(jnp.float32)
+        dots = jnp.sum(lq * lk, axis=-1)
+        return jnp.exp(dots[0]) - jnp.exp(dots[1]) + self.lambda_init
 
-        ``dtype`` defaults to ``config.dtype`` (float32 when None); keys and values are cast
-        to it when written.
+    def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> LayerCache:
+        """An empty self-attention cache with length 0: an :class:`AttentionCache` (keys and
+        values ``[batch_size, max_len, K, H]``; differential keys ``[.., 2K, H / 2]``;
+        forgetting adds float32 ``log_forget [batch_size, max_len, N]``) or, for MLA, a
+        :class:`LatentCache` (``[batch_size, max_len, kv_latent_dim]`` and
+        ``[batch_size, max_len, rope_head_dim]``).
+
+        ``dtype`` defaults to ``config.dtype`` (float32 when None); the arrays are cast to it
+        when written (the forget gates stay float32).
         """
         fn = "MultiHeadAttention.init_cache"
         batch_size = check_int(batch_size, "batch_size", fn=fn)
         max_len = check_int(max_len, "max_len", fn=fn)
+        cfg = self.config
         if dtype is None:
-            dtype = jnp.float32 if self.config.dtype is None else self.config.dtype
-        shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
-        return AttentionCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.int32(0))
+            dtype = jnp.float32 if cfg.dtype is None else cfg.dtype
+        length = jnp.int32(0)
+        if cfg.attention == "mla":
+            return LatentCache(
+                jnp.zeros((batch_size, max_len, cfg.kv_latent_dim), dtype),
+                jnp.zeros((batch_size, max_len, cfg.rope_head_dim or 0), dtype),
+                length,
+            )
+        factor = cfg.head_dim // self._qk_dim
+        key = jnp.zeros((batch_size, max_len, self.num_kv_heads * factor, self._qk_dim), dtype)
+        value = jnp.zeros((batch_size, max_len, self.num_kv_heads, self.head_dim), dtype)
+        forget = None
+        if cfg.attention == "forgetting":
+            forget = jnp.zeros((batch_size, max_len, self.num_heads), jnp.float32)
+        return AttentionCache(key, value, length, forget)
 
     # ------------------------------------------------------------------ call
 
@@ -273,14 +430,19 @@ class MultiHeadAttention(nnx.Module):
         query_seq_lengths: jax.Array | None = None,
         key_value_seq_lengths: jax.Array | None = None,
         bias_fn: Callable | None = None,
-        cache: AttentionCache | None = None,
+        cache: LayerCache | None = None,
+        first_values: jax.Array | None = None,
+        return_values: bool = False,
         deterministic: bool = True,
         rngs: nnx.Rngs | jax.Array | None = None,
         sow_weights: bool = False,
     ):
         """Attends from ``x`` to itself, to ``context``, or to a cache.
 
-        The sliding window is ``config.local_window_size``.
+        The sliding window is ``config.local_window_size``; ``config.attention`` picks the
+        variant (the forgetting and stick-breaking variants need ``is_causal=True`` and are
+        self-attention only; the variants other than softmax and MLA take no ``mask``,
+        ``bias_fn`` or ``sow_weights``, and stick-breaking no segment ids or lengths).
 
         Args:
           x: ``[B, T, D]`` queries' input.
@@ -303,9 +465,14 @@ class MultiHeadAttention(nnx.Module):
           bias_fn: an extra ``(query_positions, key_value_positions) -> [N, T, S]`` (or
             ``[B, N, T, S]``) bias added to this layer's own (e.g. a T5 table shared by the
             layers of a stack).
-          cache: :class:`AttentionCache` (self-attention only). The new ``k, v`` are written
-            at slots ``cache.length ..`` and the queries attend to all filled slots; slot
-            ``i`` holds position ``i``, so custom ``query_positions`` must match the slots.
+          cache: the layer's cache from :meth:`init_cache` (self-attention only). The new
+            keys and values (or MLA latents) are written at slots ``cache.length ..`` and the
+            queries attend to all filled slots; slot ``i`` holds position ``i``, so custom
+            ``query_positions`` must match the slots.
+          first_values: ``config.value_residual``: the first layer's values ``[B, T, K, H]``
+            (required by every layer but the first, ``layer_index > 0``).
+          return_values: also return this layer's values ``[B, T, K, H]`` (before any
+            cache), which the first layer of a value-residual stack hands to the others.
           deterministic: no attention dropout when True.
           rngs: ``nnx.Rngs``, ``RngStream`` or key for attention dropout (default: the
             module's own stream).
@@ -314,9 +481,13 @@ class MultiHeadAttention(nnx.Module):
             path; collect them with ``nnx.capture``).
 
         Returns:
-          ``[B, T, out_features]``; with a cache, the pair ``(output, new_cache)``.
+          ``[B, T, out_features]``; with a cache, the pair ``(output, new_cache)``; with
+          ``return_values``, the values appended (``(output, values)`` or
+          ``(output, new_cache, values)``).
         """
         fn = "MultiHeadAttention"
+        cfg = self.config
+        kind = cfg.attention
         cross = context is not None or context_key_value is not None
         if context is not None and context_key_value is not None:
             raise ValueError(f"{fn}: pass context or context_key_value, not both.")
@@ -330,11 +501,31 @@ class MultiHeadAttention(nnx.Module):
                 f"{fn}: key_value_positions is for cross-attention; self-attention keys sit "
                 "at query_positions."
             )
+        self._check_variant_call(
+            fn,
+            cross=cross,
+            is_causal=is_causal,
+            mask=mask,
+            bias_fn=bias_fn,
+            segment_ids=segment_ids,
+            query_seq_lengths=query_seq_lengths,
+            key_value_seq_lengths=key_value_seq_lengths,
+            sow_weights=sow_weights,
+            first_values=first_values,
+        )
         x = float_array(x, "x", fn=fn)
         if x.ndim != 3:
             raise ValueError(f"{fn}: x must be of shape [B, T, D], got {describe(x)}.")
         batch, length = x.shape[:2]
+        positions_given = query_positions is not None
         if cache is not None:
+            want = LatentCache if kind == "mla" else AttentionCache
+            if not isinstance(cache, want):
+                article = "a" if kind == "mla" else "an"
+                raise TypeError(
+                    f"{fn}: cache must be {article} {want.__name__} for attention={kind!r}, got "
+                    f"{type(cache).__name__} (use init_cache)."
+                )
             if key_value_seq_lengths is not None:
                 raise ValueError(
                     f"{fn}: key_value_seq_lengths cannot be combined with a cache (the "
@@ -343,21 +534,6 @@ class MultiHeadAttention(nnx.Module):
             if query_positions is None:
                 query_positions = cache.length + jnp.arange(length, dtype=jnp.int32)
 
-        q = self.project_query(x, query_positions)
-        if cross:
-            if context_key_value is None:
-                context_key_value = self.project_key_value(context, key_value_positions)
-            k, v = context_key_value
-        else:
-            k, v = self.project_key_value(x, query_positions)
-            key_value_positions = query_positions
-        if cache is not None:
-            cache = cache.update(k, v)
-            k, v = cache.key, cache.value
-            key_value_positions = None  # slot index = position
-            key_value_seq_lengths = jnp.broadcast_to(cache.length, (batch,))
-
-        cfg = self.config
         attention_dropout, dropout_rng = 0.0, None
         if cfg.attention_dropout > 0 and not deterministic:
             attention_dropout = cfg.attention_dropout
@@ -365,29 +541,209 @@ class MultiHeadAttention(nnx.Module):
             if isinstance(stream, nnx.Rngs):
                 stream = stream["dropout"]
             dropout_rng = stream() if isinstance(stream, nnx.RngStream) else stream
-
-        out = dot_product_attention(
-            q,
-            k,
-            v,
+        softmax_options = dict(
             mask=mask,
             is_causal=is_causal,
             query_seq_lengths=query_seq_lengths,
-            key_value_seq_lengths=key_value_seq_lengths,
             local_window_size=cfg.local_window_size,
             segment_ids=segment_ids,
             query_positions=query_positions,
-            key_value_positions=key_value_positions,
             bias_fn=self.bias_fn(bias_fn),
             softcap=cfg.softcap,
             normalizer=cfg.normalizer,
+            sinks=None if self.sinks is None else self.sinks[...],
+            logits_head_mix=None if self.logits_head_mix is None else self.logits_head_mix[...],
+            weights_head_mix=(
+                None if self.weights_head_mix is None else self.weights_head_mix[...]
+            ),
             attention_dropout=attention_dropout,
             dropout_rng=dropout_rng,
             return_weights=sow_weights,
             implementation="xla" if sow_weights else cfg.implementation,
         )
+
+        q = self.project_query(x, query_positions)
+        values = None
+        if kind == "mla":
+            out, cache = self._mla(
+                q, x, query_positions, key_value_seq_lengths, cache, softmax_options
+            )
+        else:
+            if cross:
+                if context_key_value is None:
+                    context_key_value = self.project_key_value(context, key_value_positions)
+                k, v = context_key_value
+            else:
+                k, v = self.project_key_value(x, query_positions)
+                key_value_positions = query_positions
+            if self.value_residual_lambdas is not None:
+                lam = self.value_residual_lambdas[...]
+                v = lam[0] * v + lam[1] * first_values.astype(v.dtype)
+            values = v
+            log_forget = None
+            if kind == "forgetting":
+                log_forget = jax.nn.log_sigmoid(self.forget_gate(x).astype(jnp.float32))
+            if cache is not None:
+                cache = cache.update(k, v, log_forget)
+                k, v, log_forget = cache.key, cache.value, cache.log_forget
+                key_value_positions = None  # slot index = position
+                key_value_seq_lengths = jnp.broadcast_to(cache.length, (batch,))
+            out = self._attend(
+                q,
+                k,
+                v,
+                log_forget=log_forget,
+                key_value_positions=key_value_positions,
+                key_value_seq_lengths=key_value_seq_lengths,
+                positions_given=positions_given,
+                cached=cache is not None,
+                options=softmax_options,
+            )
         if sow_weights:
             out, weights = out
             self.sow(nnx.Intermediate, "attention_weights", weights)
+        if self.gate is not None:
+            gate = jax.nn.sigmoid(self.gate(x)).reshape(batch, length, self.num_heads, -1)
+            out = out * gate.astype(out.dtype)
         y = self.out(out.reshape(batch, length, self.num_heads * self.head_dim))
-        return y if cache is None else (y, cache)
+        result = (y,) if cache is None else (y, cache)
+        if return_values:
+            if values is None:
+                raise ValueError(f"{fn}: return_values needs a layer with values (not mla).")
+            result = (*result, values)
+        return result[0] if len(result) == 1 else result
+
+    def _check_variant_call(self, fn: str, *, cross: bool, is_causal: bool, **args) -> None:
+        """Call arguments that the layer's variant cannot honour raise here, by name."""
+        cfg = self.config
+        kind = cfg.attention
+        if cfg.value_residual and self.layer_index > 0 and args["first_values"] is None:
+            raise ValueError(
+                f"{fn}: first_values (the first layer's values) is required with "
+                f"value_residual=True in layer_index={self.layer_index} > 0."
+            )
+        if kind == "softmax":
+            return
+        if cross:
+            raise ValueError(
+                f"{fn}: attention={kind!r} is self-attention only (cross-attention layers use "
+                "'softmax')."
+            )
+        if kind in CAUSAL_ONLY_ATTENTION and not is_causal:
+            raise ValueError(f"{fn}: is_causal must be True with attention={kind!r}, got False.")
+        if kind == "mla":
+            return
+        unsupported = ["mask", "bias_fn", "sow_weights"]
+        if kind == "stick_breaking":
+            unsupported += ["segment_ids", "query_seq_lengths", "key_value_seq_lengths"]
+        for name in unsupported:
+            if args[name] is not None and args[name] is not False:
+                raise ValueError(
+                    f"{fn}: {name} is not supported with attention={kind!r} (its core "
+                    f"function has no such argument), got {describe(args[name])}."
+                )
+
+    def _attend(
+        self,
+        q,
+        k,
+        v,
+        *,
+        log_forget,
+        key_value_positions,
+        key_value_seq_lengths,
+        positions_given,
+        cached,
+        options,
+    ):
+        """The core call of the layer's variant; ``[B, T, N, H]`` (and weights when sown)."""
+        cfg = self.config
+        kind = cfg.attention
+        if kind == "softmax":
+            return dot_product_attention(
+                q,
+                k,
+                v,
+                key_value_seq_lengths=key_value_seq_lengths,
+                key_value_positions=key_value_positions,
+                **options,
+            )
+        query_positions = options["query_positions"]
+        if kind == "differential":
+            b, t = q.shape[:2]
+            out = differential_attention(
+                q.reshape(b, t, self.num_heads, 2, -1),
+                k.reshape(*k.shape[:2], self.num_kv_heads, 2, -1),
+                v,
+                self.differential_lambda(),
+                is_causal=options["is_causal"],
+                query_seq_lengths=options["query_seq_lengths"],
+                key_value_seq_lengths=key_value_seq_lengths,
+                local_window_size=cfg.local_window_size,
+                segment_ids=options["segment_ids"],
+                query_positions=query_positions,
+                key_value_positions=key_value_positions,
+                implementation=cfg.implementation,
+            )
+            return self.head_norm(out) * (1.0 - self.lambda_init)
+        if kind == "forgetting":
+            # The forget-gate sums run over key slots: queries are placed among them by
+            # position only when they are fewer (a cache); otherwise query i is key i.
+            return forgetting_attention(
+                q,
+                k,
+                v,
+                log_forget,
+                query_positions=query_positions if cached else None,
+                query_seq_lengths=options["query_seq_lengths"],
+                key_value_seq_lengths=key_value_seq_lengths,
+                segment_ids=options["segment_ids"],
+                implementation=cfg.implementation,
+            )
+        # stick_breaking: causal by position (empty cache slots lie in the future).
+        return stick_breaking_attention(
+            q,
+            k,
+            v,
+            query_positions=query_positions if (cached or positions_given) else None,
+            key_value_positions=key_value_positions if positions_given and not cached else None,
+        )
+
+    def _mla(self, q, x, query_positions, key_value_seq_lengths, cache, options):
+        """Multi-head latent attention: the full pass (keys and values up-projected from the
+        latent) without a cache; with one, the absorbed form: queries mapped into the latent
+        space (``q W_uk^T``), multi-query attention over the cached latents and RoPE keys,
+        outputs mapped back by ``W_uv``. Both give the same function of the latents."""
+        cfg = self.config
+        h = cfg.head_dim
+        scale = 1.0 / math.sqrt(h + (cfg.rope_head_dim or 0))
+        latent, rope_key = self.project_latent(x, query_positions)
+        if cache is None:
+            k, v = self._mla_key_value(latent, rope_key)
+            out = dot_product_attention(
+                q,
+                k,
+                _pad_last(v, k.shape[-1]),
+                scale=scale,
+                key_value_seq_lengths=key_value_seq_lengths,
+                key_value_positions=query_positions,
+                **options,
+            )
+            return _map_out(out, lambda o: o[..., :h]), None
+        cache = cache.update(latent, rope_key)
+        w_uk, w_uv = self._mla_up(q.dtype)
+        q_latent = jnp.einsum("btnh,cnh->btnc", q[..., :h], w_uk)
+        q_absorbed = jnp.concatenate([q_latent, q[..., h:]], -1)  # [B, T, N, c + r]
+        key = jnp.concatenate([cache.latent, cache.rope_key], -1)[:, :, None, :]
+        value = cache.latent[:, :, None, :]  # [B, S_max, 1, c]
+        lengths = jnp.broadcast_to(cache.length, (q.shape[0],))
+        out = dot_product_attention(
+            q_absorbed,
+            key.astype(q.dtype),
+            _pad_last(value, key.shape[-1]).astype(q.dtype),
+            scale=scale,
+            key_value_seq_lengths=lengths,
+            **options,
+        )
+        c = cfg.kv_latent_dim
+        return _map_out(out, lambda o: jnp.einsum("btnc,cnh->btnh", o[..., :c], w_uv)), cache

@@ -11,11 +11,31 @@ from flax import nnx
 
 from attention_jax._checks import check_choice, check_int, check_rate, describe
 from attention_jax.nn.attention import MultiHeadAttention
-from attention_jax.nn.cache import AttentionCache
+from attention_jax.nn.cache import LayerCache
 from attention_jax.nn.config import NORMS, AttentionConfig, TransformerConfig
 from attention_jax.nn.mlp import MLP
 
-__all__ = ["TransformerBlock", "make_norm"]
+__all__ = ["TransformerBlock", "cross_attention_config", "make_norm"]
+
+# The attention variants' fields; a cross-attention layer resets them to these defaults.
+_VARIANT_DEFAULTS = dict(
+    attention="softmax",
+    kv_latent_dim=None,
+    rope_head_dim=None,
+    sinks=False,
+    attention_gate=None,
+    value_residual=False,
+    talking_heads=False,
+)
+
+
+def cross_attention_config(config: AttentionConfig) -> AttentionConfig:
+    """The cross-attention of a block whose self-attention is ``config``: softmax attention
+    with the same heads and numerics, without positional encoding, window or variant (the
+    variants are defined for self-attention over one sequence)."""
+    return dataclasses.replace(
+        config, positional="none", local_window_size=None, **_VARIANT_DEFAULTS
+    )
 
 
 def make_norm(
@@ -37,8 +57,11 @@ class TransformerBlock(nnx.Module):
     Args:
       d_model: ``D``.
       attention_config: :class:`AttentionConfig` of the self-attention. The cross-attention
-        (when present) uses the same options without positional encoding or window, and
-        the norms and MLP take its ``dtype``, ``param_dtype`` and ``use_bias``.
+        (when present) is softmax attention with the same options but no positional
+        encoding, window or variant (:func:`cross_attention_config`), and the norms and MLP
+        take its ``dtype``, ``param_dtype`` and ``use_bias``.
+      layer_index: the block's depth in its stack, from 0 (differential attention's
+        ``lambda_init`` and the value residual depend on it).
       mlp_hidden: MLP hidden width (default ``4 * D``).
       mlp: ``"gelu"``, ``"swiglu"`` or ``"relu"``.
       norm: ``"layernorm"`` or ``"rmsnorm"``.
@@ -60,6 +83,7 @@ class TransformerBlock(nnx.Module):
         prenorm: bool = True,
         cross_attention: bool = False,
         dropout: float = 0.0,
+        layer_index: int = 0,
         rngs: nnx.Rngs,
     ):
         fn = "TransformerBlock"
@@ -76,11 +100,12 @@ class TransformerBlock(nnx.Module):
         self.prenorm = prenorm
         norm_kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, fn=fn)
         self.attention_norm = make_norm(norm, d_model, **norm_kw)
-        self.attention = MultiHeadAttention(d_model, cfg, rngs=rngs)
+        self.attention = MultiHeadAttention(d_model, cfg, layer_index=layer_index, rngs=rngs)
         if cross_attention:
-            cross = dataclasses.replace(cfg, positional="none", local_window_size=None)
             self.cross_attention_norm = make_norm(norm, d_model, **norm_kw)
-            self.cross_attention = MultiHeadAttention(d_model, cross, rngs=rngs)
+            self.cross_attention = MultiHeadAttention(
+                d_model, cross_attention_config(cfg), rngs=rngs
+            )
         else:
             self.cross_attention_norm = self.cross_attention = None
         self.mlp_norm = make_norm(norm, d_model, **norm_kw)
@@ -101,6 +126,7 @@ class TransformerBlock(nnx.Module):
         config: TransformerConfig,
         *,
         cross_attention: bool = False,
+        layer_index: int = 0,
         rngs: nnx.Rngs,
     ) -> TransformerBlock:
         """A block of a model built from ``config`` (attention: ``config.attention_config``).
@@ -120,13 +146,14 @@ class TransformerBlock(nnx.Module):
             prenorm=config.prenorm,
             cross_attention=cross_attention,
             dropout=config.dropout,
+            layer_index=layer_index,
             rngs=rngs,
         )
 
     def _residual(self, x, norm, f, deterministic, rngs):
-        """One sub-layer with its residual; ``f`` may return ``(y, aux)``."""
+        """One sub-layer with its residual; ``f`` may return ``(y, *aux)`` (aux: a tuple)."""
         y = f(norm(x) if self.prenorm else x)
-        y, aux = y if isinstance(y, tuple) else (y, None)
+        y, aux = (y[0], y[1:]) if isinstance(y, tuple) else (y, None)
         x = x + self.dropout(y, deterministic=deterministic, rngs=rngs)
         return (x if self.prenorm else norm(x)), aux
 
@@ -144,7 +171,9 @@ class TransformerBlock(nnx.Module):
         query_seq_lengths: jax.Array | None = None,
         key_value_seq_lengths: jax.Array | None = None,
         bias_fn: Callable | None = None,
-        cache: AttentionCache | None = None,
+        cache: LayerCache | None = None,
+        first_values: jax.Array | None = None,
+        return_values: bool = False,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         sow_weights: bool = False,
@@ -165,14 +194,17 @@ class TransformerBlock(nnx.Module):
           segment_ids: ``[B, T]`` packed sequences (self-attention).
           query_seq_lengths: ``[B]``: padded query rows of both attentions output zeros.
           key_value_seq_lengths: ``[B]``: padded self-attention keys are masked.
-          bias_fn, cache: self-attention options (see :meth:`MultiHeadAttention.__call__`).
+          bias_fn, cache, first_values, return_values: self-attention options (see
+            :meth:`MultiHeadAttention.__call__`; ``return_values`` appends the
+            self-attention's values to the result).
           deterministic: no dropout when True.
           rngs: dropout randomness (default: the modules' own streams).
           sow_weights: sow attention weights (self-attention as ``attention.attention_weights``,
             cross-attention as ``cross_attention.attention_weights``).
 
         Returns:
-          ``[B, T, D]``; with a cache, ``(output, new_cache)``.
+          ``[B, T, D]``; with a cache, ``(output, new_cache)``; with ``return_values`` the
+          values appended.
         """
 
         def self_attention(h):
@@ -186,12 +218,14 @@ class TransformerBlock(nnx.Module):
                 key_value_seq_lengths=key_value_seq_lengths,
                 bias_fn=bias_fn,
                 cache=cache,
+                first_values=first_values,
+                return_values=return_values,
                 deterministic=deterministic,
                 rngs=rngs,
                 sow_weights=sow_weights,
             )
 
-        x, new_cache = self._residual(x, self.attention_norm, self_attention, deterministic, rngs)
+        x, extra = self._residual(x, self.attention_norm, self_attention, deterministic, rngs)
         if self.cross_attention is not None:
             if context is None and context_key_value is None:
                 raise ValueError(
@@ -214,4 +248,4 @@ class TransformerBlock(nnx.Module):
                 x, self.cross_attention_norm, cross_attention, deterministic, rngs
             )
         x, _ = self._residual(x, self.mlp_norm, self.mlp, deterministic, rngs)
-        return x if cache is None else (x, new_cache)
+        return x if extra is None else (x, *extra)

@@ -10,6 +10,7 @@ grouped-query layer stores ``K``, not ``N``, heads), ``H`` head dim, ``S_src`` e
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -18,7 +19,20 @@ from jax import lax
 
 from attention_jax._checks import check_int
 
-__all__ = ["AttentionCache", "EncoderDecoderCache", "KVCache", "init_kv_cache"]
+__all__ = [
+    "AttentionCache",
+    "EncoderDecoderCache",
+    "KVCache",
+    "LatentCache",
+    "LayerCache",
+    "init_kv_cache",
+]
+
+
+def _write(buffer: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """``new [B, T, ...]`` written into ``buffer [B, S_max, ...]`` at slot ``start``."""
+    index = (0, start) + (0,) * (buffer.ndim - 2)
+    return lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), index)
 
 
 class AttentionCache(NamedTuple):
@@ -28,65 +42,122 @@ class AttentionCache(NamedTuple):
       key: ``[B, S_max, K, H]``; slots ``>= length`` hold garbage that is masked out.
       value: ``[B, S_max, K, H]``.
       length: int32 scalar, the number of filled slots. Slot ``i`` holds position ``i``.
+      log_forget: ``[B, S_max, N]`` float32 log forget gates of the cached tokens
+        (``attention="forgetting"``), else None.
     """
 
     key: jax.Array
     value: jax.Array
     length: jax.Array
+    log_forget: jax.Array | None = None
 
     @property
     def capacity(self) -> int:
         """``S_max``, a static int."""
         return self.key.shape[1]
 
-    def update(self, key: jax.Array, value: jax.Array) -> AttentionCache:
-        """Writes ``key``, ``value`` ``[B, T, K, H]`` at slots ``length .. length + T - 1``.
+    def update(
+        self, key: jax.Array, value: jax.Array, log_forget: jax.Array | None = None
+    ) -> AttentionCache:
+        """Writes ``key``, ``value`` ``[B, T, K, H]`` (and ``log_forget`` ``[B, T, N]`` when
+        the cache has them) at slots ``length .. length + T - 1``.
 
         ``lax.dynamic_update_slice`` clamps the start index, so writing past ``S_max``
         overwrites the last slots instead of failing; callers check the capacity
         (see :meth:`attention_jax.nn.TransformerLM.__call__` and :func:`attention_jax.generate`).
         """
-        start = (0, self.length, 0, 0)
+        forget = self.log_forget
+        if forget is not None:
+            forget = _write(forget, log_forget, self.length)
         return AttentionCache(
-            lax.dynamic_update_slice(self.key, key.astype(self.key.dtype), start),
-            lax.dynamic_update_slice(self.value, value.astype(self.value.dtype), start),
+            _write(self.key, key, self.length),
+            _write(self.value, value, self.length),
             self.length + key.shape[1],
+            forget,
         )
 
 
-class KVCache(NamedTuple):
-    """The cache of a decoder stack: one key/value pair per layer and one filled length.
+class LatentCache(NamedTuple):
+    """The cache of one multi-head latent attention layer (``attention="mla"``): the shared
+    latent and RoPE key of every token, ``kv_latent_dim + rope_head_dim`` floats per token
+    whatever the number of heads.
 
     Attributes:
-      key: tuple over layers of ``[B, S_max, K, H]``.
-      value: tuple over layers of ``[B, S_max, K, H]``.
-      length: int32 scalar, the number of positions already processed (shared by all rows
-        and layers: the rows of a batch decode in lockstep).
+      latent: ``[B, S_max, kv_latent_dim]``, the RMS-normed ``c_kv``.
+      rope_key: ``[B, S_max, rope_head_dim]`` (RoPE applied), ``[B, S_max, 0]`` without RoPE.
+      length: int32 scalar, the number of filled slots. Slot ``i`` holds position ``i``.
     """
 
-    key: tuple[jax.Array, ...]
-    value: tuple[jax.Array, ...]
+    latent: jax.Array
+    rope_key: jax.Array
     length: jax.Array
 
     @property
     def capacity(self) -> int:
         """``S_max``, a static int."""
-        return self.key[0].shape[1]
+        return self.latent.shape[1]
+
+    def update(self, latent: jax.Array, rope_key: jax.Array) -> LatentCache:
+        """Writes ``latent [B, T, kv_latent_dim]`` and ``rope_key [B, T, rope_head_dim]`` at
+        slots ``length ..`` (clamped like :meth:`AttentionCache.update`)."""
+        return LatentCache(
+            _write(self.latent, latent, self.length),
+            _write(self.rope_key, rope_key, self.length),
+            self.length + latent.shape[1],
+        )
+
+
+LayerCache = AttentionCache | LatentCache
+
+
+class KVCache(NamedTuple):
+    """The cache of a decoder stack: one layer cache per layer (:class:`AttentionCache`, or
+    :class:`LatentCache` for MLA), all with the same filled length (the rows of a batch
+    decode in lockstep).
+
+    Attributes:
+      layers: tuple over layers of :data:`LayerCache`.
+    """
+
+    layers: tuple[LayerCache, ...]
+
+    @property
+    def length(self) -> jax.Array:
+        """int32 scalar, the number of positions already processed."""
+        return self.layers[0].length
+
+    @property
+    def capacity(self) -> int:
+        """``S_max``, a static int."""
+        return self.layers[0].capacity
+
+    @property
+    def batch_size(self) -> int:
+        """``B``, a static int."""
+        return jax.tree.leaves(self.layers[0])[0].shape[0]
 
     @property
     def num_layers(self) -> int:
-        return len(self.key)
+        return len(self.layers)
 
-    def layer(self, i: int) -> AttentionCache:
-        """The :class:`AttentionCache` view of layer ``i``."""
-        return AttentionCache(self.key[i], self.value[i], self.length)
+    def layer(self, i: int) -> LayerCache:
+        """The cache of layer ``i``."""
+        return self.layers[i]
 
     @staticmethod
-    def from_layers(layers: list[AttentionCache] | tuple[AttentionCache, ...]) -> KVCache:
+    def from_layers(layers: list[LayerCache] | tuple[LayerCache, ...]) -> KVCache:
         """Reassembles updated layer caches (all advanced by the same number of slots)."""
-        return KVCache(
-            tuple(c.key for c in layers), tuple(c.value for c in layers), layers[0].length
-        )
+        return KVCache(tuple(layers))
+
+    def with_length(self, length) -> KVCache:
+        """The same buffers with every layer's filled length set to ``length`` (e.g. to
+        rewind decoding to a shorter prefix: slots ``>= length`` are then ignored)."""
+        length = jnp.asarray(length, jnp.int32)
+        return KVCache(tuple(layer._replace(length=length) for layer in self.layers))
+
+    def num_floats_per_token(self) -> int:
+        """Floats cached per token over all layers (the memory that grows with the context)."""
+        return sum(math.prod(x.shape[2:]) for x in jax.tree.leaves(self.layers) if x.ndim >= 2)
 
 
 class EncoderDecoderCache(NamedTuple):
@@ -118,8 +189,9 @@ class EncoderDecoderCache(NamedTuple):
 def init_kv_cache(
     *, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int, dtype
 ) -> KVCache:
-    """An empty :class:`KVCache`: zeros ``[batch_size, max_len, num_kv_heads, head_dim]`` per
-    layer and ``length = 0``."""
+    """An empty :class:`KVCache` of softmax layers: :class:`AttentionCache` zeros
+    ``[batch_size, max_len, num_kv_heads, head_dim]`` per layer and ``length = 0`` (models
+    build theirs with ``init_cache``, which knows each layer's kind)."""
     for name, value in (
         ("num_layers", num_layers),
         ("batch_size", batch_size),
@@ -129,6 +201,5 @@ def init_kv_cache(
     ):
         check_int(value, name, fn="init_kv_cache")
     shape = (batch_size, max_len, num_kv_heads, head_dim)
-    key = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
-    value = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
-    return KVCache(key, value, jnp.int32(0))
+    zeros = jnp.zeros(shape, dtype)
+    return KVCache(tuple(AttentionCache(zeros, zeros, jnp.int32(0)) for _ in range(num_layers)))

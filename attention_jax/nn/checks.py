@@ -62,9 +62,10 @@ def check_cache(cache, *, fn: str, num_layers: int, batch: int, length: int) -> 
         raise ValueError(
             f"{fn}: cache must have num_layers={num_layers} layers, got {cache.num_layers}."
         )
-    if cache.key[0].shape[0] != batch:
+    if cache.batch_size != batch:
         raise ValueError(
-            f"{fn}: cache must have the tokens' batch size {batch}, got {describe(cache.key[0])}."
+            f"{fn}: cache must have the tokens' batch size {batch}, got batch size "
+            f"{cache.batch_size}."
         )
     filled = _concrete_int(cache.length)
     # Under jit the filled length is traced and cannot be checked here; dynamic_update_slice

@@ -34,6 +34,9 @@ from attention_jax.normalizers import get_normalizer
 from attention_jax.positional import RopeScaling, check_t5_config, rotary_dim
 
 __all__ = [
+    "ATTENTION_GATES",
+    "ATTENTION_KINDS",
+    "CAUSAL_ONLY_ATTENTION",
     "AttentionConfig",
     "AttentionOptions",
     "NORMS",
@@ -47,6 +50,26 @@ POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 POSITIONAL_IN_ATTENTION = ("none", "rope", "alibi", "t5")
 NORMS = ("layernorm", "rmsnorm")
 POOLINGS = ("cls", "mean", "attention")
+# What computes a layer's attention (each kind is one paper; see AttentionConfig.attention).
+ATTENTION_KINDS = ("softmax", "differential", "forgetting", "stick_breaking", "mla")
+CAUSAL_ONLY_ATTENTION = ("forgetting", "stick_breaking")  # defined by their causal order
+ATTENTION_GATES = ("headwise", "elementwise")
+
+# Options a kind's core function does not have, with the value they must keep there (the
+# kinds other than softmax and mla call their own function of attention_jax.variants).
+_SOFTMAX_ONLY = {
+    "normalizer": "softmax",
+    "softcap": None,
+    "sinks": False,
+    "talking_heads": False,
+    "attention_dropout": 0.0,
+}
+_UNSUPPORTED = {
+    "differential": _SOFTMAX_ONLY,
+    "forgetting": {**_SOFTMAX_ONLY, "local_window_size": None},
+    "stick_breaking": {**_SOFTMAX_ONLY, "local_window_size": None, "implementation": None},
+    "mla": {"qk_norm": False, "value_residual": False},
+}
 
 
 def _check_dtype(value, name: str, *, fn: str, allow_none: bool):
@@ -101,9 +124,81 @@ def _check_attention(values: dict[str, Any], fn: str) -> dict[str, Any]:
     v["local_window_size"] = check_window(v["local_window_size"], fn=fn)
     v["attention_dropout"] = check_rate(v["attention_dropout"], "attention_dropout", fn=fn)
     check_choice(v["implementation"], "implementation", (None, *IMPLEMENTATIONS), fn=fn)
+    _check_variant(v, fn)
     v["dtype"] = _check_dtype(v["dtype"], "dtype", fn=fn, allow_none=True)
     v["param_dtype"] = _check_dtype(v["param_dtype"], "param_dtype", fn=fn, allow_none=False)
     return v
+
+
+def _check_variant(v: dict[str, Any], fn: str) -> None:
+    """The rules of the attention variants (kind, MLA dims, sinks, gates, value residual,
+    talking heads): each option valid alone, and only in combinations that are defined."""
+    kind = check_choice(v["attention"], "attention", ATTENTION_KINDS, fn=fn)
+    for name in ("sinks", "value_residual", "talking_heads"):
+        v[name] = _check_bool(v[name], name, fn=fn)
+    check_choice(v["attention_gate"], "attention_gate", (None, *ATTENTION_GATES), fn=fn)
+    for name in ("kv_latent_dim", "rope_head_dim"):
+        if v[name] is not None:
+            v[name] = check_int(v[name], name, fn=fn)
+    for name, default in _UNSUPPORTED.get(kind, {}).items():
+        if v[name] != default and not (name == "implementation" and v[name] == "xla"):
+            raise ValueError(
+                f"{fn}: {name} must be {default!r} with attention={kind!r} (its core function "
+                f"has no such option), got {describe(v[name])}."
+            )
+    if kind in ("differential", "forgetting", "stick_breaking") and v["positional"] not in (
+        "none",
+        "rope",
+    ):
+        raise ValueError(
+            f"{fn}: positional must be 'none' or 'rope' with attention={kind!r} (its core "
+            f"function takes no bias), got {v['positional']!r}."
+        )
+    if kind == "differential" and v["head_dim"] % 2:
+        raise ValueError(
+            f"{fn}: head_dim must be even with attention='differential' (each head splits "
+            f"into two query/key halves), got {v['head_dim']}."
+        )
+    if kind == "mla":
+        if v["kv_latent_dim"] is None:
+            raise ValueError(
+                f"{fn}: kv_latent_dim must be an int >= 1 with attention='mla' (the width of "
+                "the shared key/value latent), got None."
+            )
+        if v["num_kv_heads"] != v["num_heads"]:
+            raise ValueError(
+                f"{fn}: num_kv_heads must equal num_heads={v['num_heads']} with "
+                "attention='mla' (every head has its own keys and values, up-projected from "
+                f"the shared latent), got {v['num_kv_heads']}."
+            )
+        if v["positional"] == "rope" and v["rope_head_dim"] is None:
+            raise ValueError(
+                f"{fn}: rope_head_dim must be an int >= 1 with attention='mla' and "
+                "positional='rope' (the decoupled RoPE key shared by the heads), got None."
+            )
+        if v["positional"] == "rope":
+            rotary_dim(v["rope_head_dim"], v["rope_fraction"], fn)
+        elif v["rope_head_dim"] is not None:
+            raise ValueError(
+                f"{fn}: rope_head_dim must be None with positional={v['positional']!r} (it "
+                f"is MLA's RoPE key), got {v['rope_head_dim']!r}."
+            )
+    else:
+        for name in ("kv_latent_dim", "rope_head_dim"):
+            if v[name] is not None:
+                raise ValueError(
+                    f"{fn}: {name} must be None unless attention='mla', got {v[name]!r}."
+                )
+    if v["talking_heads"] and v["implementation"] not in (None, "xla"):
+        raise ValueError(
+            f"{fn}: implementation must be None or 'xla' with talking_heads=True (the heads "
+            f"mix whole rows of logits), got {v['implementation']!r}."
+        )
+    if v["sinks"] and v["normalizer"] != "softmax":
+        raise ValueError(
+            f"{fn}: normalizer must be 'softmax' with sinks=True (the sink joins the softmax "
+            f"denominator), got {v['normalizer']!r}."
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -132,6 +227,13 @@ class AttentionOptions:
     implementation: str | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    attention: str = "softmax"
+    kv_latent_dim: int | None = None
+    rope_head_dim: int | None = None
+    sinks: bool = False
+    attention_gate: str | None = None
+    value_residual: bool = False
+    talking_heads: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -166,6 +268,45 @@ class AttentionConfig(AttentionOptions):
       dtype: computation dtype of the projections (None: from inputs and params). With
         ``bfloat16`` the logits and the normalizer still run in float32 in the core.
       param_dtype: dtype of the parameters.
+      attention: what computes the attention (the variants of
+        :mod:`attention_jax.variants`, each wired as its paper does):
+
+        * ``"softmax"``: :func:`attention_jax.dot_product_attention`.
+        * ``"differential"`` (Ye et al. 2024): each head's q and k split into two halves of
+          ``H / 2`` (:func:`attention_jax.differential_attention`), ``lambda = exp(lq1 . lk1)
+          - exp(lq2 . lk2) + lambda_init`` from four learned ``[H / 2]`` vectors,
+          ``lambda_init = 0.8 - 0.6 exp(-0.3 layer_index)``, then a per-head RMSNorm and the
+          factor ``1 - lambda_init``. Same parameter count as softmax.
+        * ``"forgetting"`` (FoX, Lin et al. 2025): a forget gate per token and head,
+          ``log f_t = log_sigmoid(x_t W_f + b_f)`` from the layer input
+          (:func:`attention_jax.forgetting_attention`; usually with ``positional="none"``).
+          Causal only.
+        * ``"stick_breaking"`` (Tan et al. 2024): :func:`attention_jax.stick_breaking_attention`
+          (materialized; usually with ``positional="none"``). Causal only.
+        * ``"mla"`` (DeepSeek-V2 multi-head latent attention): keys and values up-projected
+          from a shared, RMS-normed latent ``c_kv = x W_dkv`` of ``kv_latent_dim``, with a
+          decoupled RoPE key of ``rope_head_dim`` shared by the heads (needed with
+          ``positional="rope"``); the cache holds ``kv_latent_dim + rope_head_dim`` floats
+          per token, and cached decoding absorbs the up-projections into the query and the
+          output (multi-query attention over the latent).
+      kv_latent_dim, rope_head_dim: MLA's latent width and RoPE key width.
+      sinks: a learned sink logit per head (``[N]``, init 0) in the softmax denominator
+        (``dot_product_attention(..., sinks=)``).
+      attention_gate: None, ``"headwise"`` or ``"elementwise"`` (Qiu et al. 2025, "Gated
+        Attention for LLMs"): the attention output of each head is multiplied by
+        ``sigmoid(x W_g)`` (one gate per head, or per head and channel) computed from the
+        layer input ``x`` before the output projection.
+      value_residual: (Zhou et al. 2024, "Value Residual Learning") the values of every
+        layer after the first become ``lambda_1 v + lambda_2 v_first`` (learned scalars, init
+        0.5 each), ``v_first`` the first layer's values, passed along the stack.
+      talking_heads: (Shazeer et al. 2020) learned ``[N, N]`` mixes of the logits and of the
+        weights across heads (init identity); materialized path only.
+
+    Combinations without a definition are rejected: the variants that call their own core
+    function (differential, forgetting, stick-breaking) take no normalizer, softcap, sinks,
+    talking heads, attention dropout or bias (ALiBi/T5); forgetting and stick-breaking have no
+    sliding window; MLA needs ``kv_latent_dim`` (and ``rope_head_dim`` with RoPE), has as
+    many key/value heads as heads, no QK-norm and no value residual.
 
     Raises:
       ValueError: naming the offending field, e.g.

@@ -13,7 +13,7 @@ from attention_jax._checks import bool_array, describe
 from attention_jax._checks import positions as checked_positions
 from attention_jax.attention import attention_pool
 from attention_jax.nn.checks import check_seq_lengths, check_tokens
-from attention_jax.nn.config import TransformerConfig
+from attention_jax.nn.config import CAUSAL_ONLY_ATTENTION, TransformerConfig
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.stack import make_blocks, make_final_norm, stack_relative_bias
 
@@ -54,6 +54,11 @@ class TransformerEncoder(nnx.Module):
     """
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        if config.attention in CAUSAL_ONLY_ATTENTION:
+            raise ValueError(
+                f"{type(self).__name__}: attention must not be {config.attention!r} in a "
+                f"bidirectional encoder (it is defined causally), got {config.attention!r}."
+            )
         self.config = config
         self.embedder = Embedder(config, rngs=rngs)
         self.relative_bias = stack_relative_bias(config, bidirectional=True, rngs=rngs)
@@ -77,7 +82,9 @@ class TransformerEncoder(nnx.Module):
         batch, length = x.shape[:2]
         positions = checked_positions(positions, "positions", fn=fn, batch=batch, length=length)
         lengths, mask, _ = padding_pieces(batch, length, lengths, padding_mask, fn=fn)
-        for block in self.blocks:
+        first_values = None
+        value_residual = self.config.value_residual
+        for i, block in enumerate(self.blocks):
             x = block(
                 x,
                 mask=mask,
@@ -85,10 +92,14 @@ class TransformerEncoder(nnx.Module):
                 segment_ids=segment_ids,
                 key_value_seq_lengths=lengths,
                 bias_fn=self.relative_bias,
+                first_values=first_values,
+                return_values=value_residual and i == 0,
                 deterministic=deterministic,
                 rngs=rngs,
                 sow_weights=sow_weights,
             )
+            if value_residual and i == 0:
+                x, first_values = x
         return x if self.final_norm is None else self.final_norm(x)
 
     def __call__(

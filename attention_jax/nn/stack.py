@@ -21,7 +21,7 @@ from flax import nnx
 from attention_jax._checks import check_int, check_int_in
 from attention_jax._checks import positions as checked_positions
 from attention_jax.nn.block import TransformerBlock, make_norm
-from attention_jax.nn.cache import KVCache, init_kv_cache
+from attention_jax.nn.cache import KVCache
 from attention_jax.nn.checks import check_cache, check_seq_lengths, check_tokens
 from attention_jax.nn.config import TransformerConfig
 from attention_jax.nn.embedding import Embedder
@@ -59,8 +59,10 @@ def make_blocks(
     """``num_layers`` blocks built by :meth:`TransformerBlock.from_config`."""
     return nnx.List(
         [
-            TransformerBlock.from_config(config, cross_attention=cross_attention, rngs=rngs)
-            for _ in range(num_layers)
+            TransformerBlock.from_config(
+                config, cross_attention=cross_attention, layer_index=i, rngs=rngs
+            )
+            for i in range(num_layers)
         ]
     )
 
@@ -132,8 +134,9 @@ class DecoderStack(nnx.Module):
         self.head = make_output_head(config, rngs)
 
     def init_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty :class:`KVCache`: per layer ``k, v`` zeros ``[batch_size, max_len, K, H]``
-        in ``config.dtype`` and ``length = 0`` (int32 scalar).
+        """An empty :class:`KVCache`: per layer the cache of its attention
+        (:meth:`MultiHeadAttention.init_cache`: ``k, v`` zeros ``[batch_size, max_len, K, H]``
+        in ``config.dtype``, or MLA's latent cache) and ``length = 0`` (int32 scalar).
 
         Args:
           batch_size: ``B``.
@@ -147,14 +150,10 @@ class DecoderStack(nnx.Module):
         max_len = check_int_in(
             max_len, "max_len", fn=fn, low=1, high=cfg.max_len, why=" (the model's max_len)"
         )
-        attention = cfg.attention_config
-        return init_kv_cache(
-            num_layers=len(self.blocks),
-            batch_size=batch_size,
-            max_len=max_len,
-            num_kv_heads=attention.num_kv_heads,
-            head_dim=attention.head_dim,
-            dtype=cfg.dtype,
+        return KVCache(
+            tuple(
+                block.attention.init_cache(batch_size, max_len, cfg.dtype) for block in self.blocks
+            )
         )
 
     def logits(self, embedder: Embedder, x: jax.Array) -> jax.Array:
@@ -234,6 +233,7 @@ class DecoderStack(nnx.Module):
         embed_positions = jnp.arange(length, dtype=jnp.int32) if positions is None else positions
         x = embedder(tokens, embed_positions, deterministic=deterministic, rngs=rngs)
         new_layers = []
+        first_values = None
         for i, block in enumerate(self.blocks):
             out = block(
                 x,
@@ -247,15 +247,18 @@ class DecoderStack(nnx.Module):
                 key_value_seq_lengths=key_value_seq_lengths,
                 bias_fn=self.relative_bias,
                 cache=None if cache is None else cache.layer(i),
+                first_values=first_values,
+                return_values=cfg.value_residual and i == 0,
                 deterministic=deterministic,
                 rngs=rngs,
                 sow_weights=sow_weights,
             )
-            if cache is None:
-                x = out
-            else:
-                x, layer_cache = out
-                new_layers.append(layer_cache)
+            out = out if isinstance(out, tuple) else (out,)
+            x = out[0]
+            if cache is not None:
+                new_layers.append(out[1])
+            if cfg.value_residual and i == 0:
+                first_values = out[-1]
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.logits(embedder, x)
