@@ -200,6 +200,8 @@ _RULES = {
     "dropout": ("number", 0.0, 1.0, False),
     "t5_buckets": ("int", 1),
     "t5_max_distance": ("int", 1),
+    "kv_latent_dim": ("int", 1),
+    "rope_head_dim": ("int", 1),
     # optimization
     "steps": ("int", 1),
     "batch": ("int", 1),
@@ -524,6 +526,7 @@ def char_lm_parser(doc: str) -> argparse.ArgumentParser:
     )
     g.add_argument("--dropout", type=float, default=0.0, help="residual and embedding dropout")
     g.add_argument("--bias", action="store_true", help="biases in the linear layers")
+    add_variant_flags(p)
     g = add_optimizer_flags(p, steps=2000, batch=12, lr=1e-3, warmup=100, weight_decay=0.1)
     g.add_argument("--block", type=int, default=64, help="context length (characters)")
     g.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the end")
@@ -547,6 +550,41 @@ def char_lm_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_variant_flags(parser):
+    """The attention variants of ``TransformerConfig`` (see ``AttentionConfig``), one flag
+    each: ``--attention --kv-latent-dim --rope-head-dim --sinks --attention-gate
+    --value-residual --talking-heads``."""
+    g = parser.add_argument_group("attention variant")
+    g.add_argument(
+        "--attention", default="softmax", choices=nn_config.ATTENTION_KINDS, help="variant"
+    )
+    g.add_argument("--kv-latent-dim", type=int, default=None, help="MLA: latent width")
+    g.add_argument("--rope-head-dim", type=int, default=None, help="MLA: RoPE key width")
+    g.add_argument("--sinks", action="store_true", help="a learned sink logit per head")
+    g.add_argument(
+        "--attention-gate",
+        default=None,
+        choices=nn_config.ATTENTION_GATES,
+        help="sigmoid gate on each head's output (Qiu et al. 2025)",
+    )
+    g.add_argument("--value-residual", action="store_true", help="mix the first layer's values in")
+    g.add_argument("--talking-heads", action="store_true", help="mix heads' logits/weights")
+    return g
+
+
+def variant_fields(args) -> dict:
+    """The ``TransformerConfig`` fields of :func:`add_variant_flags`."""
+    return dict(
+        attention=args.attention,
+        kv_latent_dim=args.kv_latent_dim,
+        rope_head_dim=args.rope_head_dim,
+        sinks=args.sinks,
+        attention_gate=args.attention_gate,
+        value_residual=args.value_residual,
+        talking_heads=args.talking_heads,
+    )
+
+
 def _char_lm_config(parser, args, *, vocab_size: int, max_len: int) -> TransformerConfig:
     return model_config(
         args,
@@ -561,6 +599,7 @@ def _char_lm_config(parser, args, *, vocab_size: int, max_len: int) -> Transform
         tie_embeddings=True,
         use_bias=args.bias,
         implementation=args.implementation,
+        **variant_fields(args),
     )
 
 

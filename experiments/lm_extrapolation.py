@@ -23,6 +23,11 @@ Flags not listed below go to ``char_lm.py`` (``--layers``, ``--d-model``, ``--bl
 Writes into ``--out``: ``results.json``, ``results.md`` (validation loss per arm and length,
 beside the published perplexities), ``val_loss_vs_length.png``, and per arm the full
 ``char_lm.py`` run directory ``<arm>/`` (metrics, loss curve, checkpoints).
+
+Arms: the positional encodings ``learned sinusoidal rope alibi t5 none`` and the attention
+variants that carry order themselves, trained without positional encoding as their papers do:
+``forgetting`` (FoX, Lin et al. 2025) and ``stick_breaking`` (Tan et al. 2024); both papers
+claim length extrapolation.
 """
 
 import argparse
@@ -40,7 +45,15 @@ from attention_jax.data import CharTokenizer, train_val_split
 from attention_jax.nn import TransformerLM
 
 DEFAULT_ARMS = ("sinusoidal", "learned", "rope", "alibi", "t5", "none")
-ARMS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
+# An arm is a positional encoding, or an attention variant that carries order itself
+# (trained without positional encoding, as its paper does).
+ARM_FLAGS = {
+    **{arm: {"positional": arm} for arm in ("learned", "sinusoidal", "rope", "alibi", "t5")},
+    "none": {"positional": "none"},
+    "forgetting": {"positional": "none", "attention": "forgetting"},
+    "stick_breaking": {"positional": "none", "attention": "stick_breaking"},
+}
+ARMS = tuple(ARM_FLAGS)
 
 # `--quick`: a few hundred steps and part of the validation split (flags still override).
 QUICK = dict(steps=200, eval_tokens=16384)
@@ -107,7 +120,7 @@ def parse_args(argv=None, p=None):
     lm_argv += ["--download-url", args.download_url]
     lm_argv += [*(["--steps", str(args.steps)] if args.steps is not None else [])]
     lm_argv += [*(["--resume"] if args.resume else []), *(["--no-progress"] * args.no_progress)]
-    for flag in ("--positional", "--out"):
+    for flag in ("--positional", "--attention", "--out"):
         if flag in rest:
             p.error(f"{flag} is set per arm by this script")
     args.lm = common.char_lm_parser(__doc__).parse_args(lm_argv)
@@ -117,8 +130,10 @@ def parse_args(argv=None, p=None):
 
 
 def arm_args(lm: argparse.Namespace, arm: str, *, out) -> argparse.Namespace:
-    """The char_lm settings of one arm: ``lm`` with ``--positional arm --out out/arm``."""
-    return argparse.Namespace(**{**vars(lm), "positional": arm, "out": str(pathlib.Path(out, arm))})
+    """The char_lm settings of one arm: ``lm`` with the arm's flags (``--positional arm``, or
+    ``--positional none --attention arm`` for a variant) and ``--out out/arm``."""
+    flags = {"attention": "softmax", **ARM_FLAGS[arm]}
+    return argparse.Namespace(**{**vars(lm), **flags, "out": str(pathlib.Path(out, arm))})
 
 
 def markdown_table(results: dict, lengths: list[int], block: int) -> str:
@@ -220,7 +235,8 @@ def main(argv=None):
                     model, val_ids, length=n, rows=rows
                 )
         results[arm] = {
-            "positional": arm,
+            "positional": run.positional,
+            "attention": run.attention,
             "train_block": block,
             "max_len": max_len,
             "val_loss": val_loss,
@@ -258,7 +274,9 @@ def main(argv=None):
                     "eval_tokens": usable,
                     "eval_batch_tokens": batch_tokens,
                     "char_lm_args": {
-                        k: v for k, v in vars(lm).items() if k not in ("out", "positional")
+                        k: v
+                        for k, v in vars(lm).items()
+                        if k not in ("out", "positional", "attention")
                     },
                 },
                 "published": PUBLISHED,

@@ -99,6 +99,34 @@ def test_synthetic_teacher_forced_task_smoke(tmp_path, fast_compile_env):
     assert "greedy_accuracy_at_max_length" not in m and 0.0 <= m["accuracy"] <= 1.0
 
 
+def test_variants_smoke(tmp_path, tinyshakespeare_path, fast_compile_env):
+    """Two variants with caches of their own and one extrapolation arm, on a tiny model (the
+    whole --quick preset is the slow test below)."""
+    out = tmp_path / "variants"
+    tiny = ["--layers", 1, "--heads", 2, "--d-model", 16, "--block", 16, "--batch", 4]
+    run_script(
+        "variants.py", "--quick", "--variants", "softmax,forgetting", "--steps", 4,
+        "--extrapolation-arms", "stick_breaking", "--data", tinyshakespeare_path,
+        "--out", out, "--no-progress", *tiny, env=fast_compile_env,
+    )  # fmt: skip
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["summary"]) == {"softmax", "forgetting"}
+    assert r["summary"]["forgetting"]["cache_floats_per_token"] == 2 * 16 + 2  # k, v, gates
+    assert set(r["extrapolation"]) == {"stick_breaking"}
+    assert (out / "variants.png").stat().st_size > 0
+    assert "| forgetting |" in (out / "results.md").read_text()
+    check_run_dir(out / "forgetting" / "seed1337")
+
+
+@pytest.mark.slow
+def test_variants_quick_under_5_minutes(tmp_path, tinyshakespeare_path):
+    out = tmp_path / "variants"
+    run_script("variants.py", "--quick", "--data", tinyshakespeare_path, "--out", out,
+               "--no-progress", timeout=900)  # fmt: skip
+    r = json.loads((out / "results.json").read_text())
+    assert len(r["summary"]) == 10 and r["wall_seconds"] < 300, r["wall_seconds"]
+
+
 @pytest.mark.slow
 def test_demo_reaches_99_percent_in_3_minutes(tmp_path):
     out = tmp_path / "demo"

@@ -133,3 +133,23 @@ def test_benchmark_bad_flags(tmp_path):
     check(line, r"--run \S+: no metrics.json; pass --run PATH to the --out folder")
     line = run_bad("benchmarks/minimal_char_lm.py", "--data", "/nonexistent.txt", cwd=tmp_path)
     check(line, r"--data /nonexistent.txt: no such file; pass --data PATH")
+
+
+def test_variants_bad_flags(tmp_path):
+    script = "experiments/variants.py"
+    line = run_bad(script, "--variants", "softmax,linear", cwd=tmp_path)
+    check(line, r"unknown variant\(s\) \['linear'\]; choose from \('softmax', 'sinks'")
+    line = run_bad(script, "--extrapolation-arms", "rope,xpos", cwd=tmp_path)
+    check(line, r"unknown extrapolation arm\(s\) \['xpos'\]")
+    line = run_bad(script, "--attention", "mla", cwd=tmp_path)
+    check(line, r"--attention is set per run by this script$")
+    # The variant's config is checked before any data is read: MLA needs an even RoPE width.
+    line = run_bad(script, "--variants", "mla", "--rope-head-dim", 3, cwd=tmp_path)
+    check(line, r"the model flags make no valid model: TransformerConfig: .*rope_head_dim|H=3")
+
+
+def test_char_lm_variant_flags_are_checked(tmp_path):
+    line = run_bad("experiments/char_lm.py", "--attention", "mla", cwd=tmp_path)
+    check(line, r"kv_latent_dim must be an int >= 1 with attention='mla'")
+    line = run_bad("experiments/char_lm.py", "--attention", "forgetting", "--sinks", cwd=tmp_path)
+    check(line, r"sinks must be False with attention='forgetting'")

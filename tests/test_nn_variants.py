@@ -417,3 +417,16 @@ def test_layer_call_errors_name_the_argument():
     ):
         sb(x, is_causal=True, cache=ajnn.LatentCache(jnp.zeros((B, 9, 3)),
                                                      jnp.zeros((B, 9, 0)), jnp.int32(0)))  # fmt: skip
+
+
+def test_no_two_parameters_share_a_buffer():
+    """Training steps donate every parameter: a buffer shared by two parameters (one array
+    used for two initial values) would be donated twice."""
+    for name in VARIANTS:
+        options, _ = VARIANTS[name]
+        model = ajnn.TransformerLM(lm_config(**options), rngs=nnx.Rngs(0))
+        leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+        assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves), name
+        cache = jax.tree.leaves(model.init_cache(1, 4))
+        arrays = [x for x in cache if x.ndim]
+        assert len({x.unsafe_buffer_pointer() for x in arrays}) == len(arrays), name

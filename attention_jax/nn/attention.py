@@ -188,9 +188,9 @@ class MultiHeadAttention(nnx.Module):
             else None
         )
         if config.talking_heads:
-            eye = jnp.eye(n, dtype=config.param_dtype)
-            self.logits_head_mix = nnx.Param(eye)
-            self.weights_head_mix = nnx.Param(eye)
+            # Two arrays, not one shared: training steps donate every parameter buffer.
+            self.logits_head_mix = nnx.Param(jnp.eye(n, dtype=config.param_dtype))
+            self.weights_head_mix = nnx.Param(jnp.eye(n, dtype=config.param_dtype))
         else:
             self.logits_head_mix = self.weights_head_mix = None
         # Attention dropout draws its keys from here unless a call passes `rngs`.

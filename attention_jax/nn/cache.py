@@ -201,5 +201,10 @@ def init_kv_cache(
     ):
         check_int(value, name, fn="init_kv_cache")
     shape = (batch_size, max_len, num_kv_heads, head_dim)
-    zeros = jnp.zeros(shape, dtype)
-    return KVCache(tuple(AttentionCache(zeros, zeros, jnp.int32(0)) for _ in range(num_layers)))
+    # Separate buffers per layer and for keys and values, so that a step may donate them.
+    return KVCache(
+        tuple(
+            AttentionCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.int32(0))
+            for _ in range(num_layers)
+        )
+    )
