@@ -391,6 +391,10 @@ class TransformerConfig(AttentionOptions):
       dtype: computation dtype (``jnp.bfloat16`` for mixed precision; softmax stays float32).
       param_dtype: parameter dtype.
       implementation: attention implementation passed to the core (None = choose).
+      attention, kv_latent_dim, rope_head_dim, sinks, attention_gate, value_residual,
+        talking_heads: the attention variant of every self-attention layer and its options
+        (see :class:`AttentionConfig`); cross-attention layers stay plain softmax, and the
+        causal-only variants (``"forgetting"``, ``"stick_breaking"``) are for decoders.
 
     Raises:
       ValueError: naming the offending field in the shared style, e.g.
