@@ -14,6 +14,15 @@ from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention, merge_attention
 from attention_jax.flex import BlockMask, create_block_mask
 from attention_jax.interpret import attention_rollout
+from attention_jax.linear import (
+    FEATURE_MAPS as LINEAR_FEATURE_MAPS,
+)
+from attention_jax.linear import (
+    delta_rule_attention,
+    favor_projection,
+    gated_linear_attention,
+    linear_attention,
+)
 from attention_jax.masks import (
     attention_mask,
     causal_mask,
