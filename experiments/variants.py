@@ -213,6 +213,28 @@ def plot(summary: dict, path: pathlib.Path) -> None:
     common.save_figure(fig, path)
 
 
+def write_results(out, args, lm, summary, runs, *, t_start, extrapolation=None) -> None:
+    """``results.json``: settings, environment, the summary per variant and every run."""
+    T.write_json(
+        out / "results.json",
+        {
+            "experiment": "variants",
+            "settings": {
+                "variants": args.variants,
+                "seeds": args.seeds,
+                "steps": lm.steps,
+                "extra_flags": args.rest,
+                "extrapolation_arms": args.extrapolation_arms,
+            },
+            "environment": common.environment(),
+            "summary": summary,
+            "runs": runs,
+            "extrapolation": extrapolation,
+            "wall_seconds": time.perf_counter() - t_start,
+        },
+    )
+
+
 def main(argv=None):
     p = make_parser()
     args = parse_args(argv, p)
@@ -253,22 +275,7 @@ def main(argv=None):
         summary[variant]["cache_floats_per_token"] = cache_floats_per_token_per_layer(config)
         summary[variant]["flags"] = VARIANTS[variant]
         results[variant] = runs
-        T.write_json(
-            out / "results.json",
-            {
-                "experiment": "variants",
-                "settings": {
-                    "variants": args.variants,
-                    "seeds": args.seeds,
-                    "steps": first.steps,
-                    "extra_flags": args.rest,
-                },
-                "environment": common.environment(),
-                "summary": summary,
-                "runs": results,
-                "wall_seconds": time.perf_counter() - t_start,
-            },
-        )
+        write_results(out, args, first, summary, results, t_start=t_start)
     table = markdown_table(summary, first.steps)
     plot(summary, out / "variants.png")
 
@@ -284,24 +291,7 @@ def main(argv=None):
         table += "\nLength extrapolation (train 64, test longer; lm_extrapolation.py):\n\n"
         table += (out / "extrapolation" / "results.md").read_text()
     (out / "results.md").write_text(table)
-    T.write_json(
-        out / "results.json",
-        {
-            "experiment": "variants",
-            "settings": {
-                "variants": args.variants,
-                "seeds": args.seeds,
-                "steps": first.steps,
-                "extra_flags": args.rest,
-                "extrapolation_arms": args.extrapolation_arms,
-            },
-            "environment": common.environment(),
-            "summary": summary,
-            "runs": results,
-            "extrapolation": extrapolation,
-            "wall_seconds": time.perf_counter() - t_start,
-        },
-    )
+    write_results(out, args, first, summary, results, t_start=t_start, extrapolation=extrapolation)
     print("\n" + table, file=sys.stderr)
     print(
         f"{(time.perf_counter() - t_start) / 60:.1f} min; wrote {out / 'results.json'}, "

@@ -1,8 +1,6 @@
 """KV-cache decoding and generation: cached logits equal the full pass, greedy generation
 equals argmax decoding with full passes, and bad inputs raise clear errors."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,6 +9,7 @@ import pytest
 from flax import nnx
 from jax import lax
 from jax.experimental import checkify
+from nnx_helpers import fast_jit
 
 import attention_jax as aj
 from attention_jax import nn as ajnn
@@ -24,25 +23,6 @@ def lm_config(**kw):
         vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, max_len=MAX_LEN
     )
     return ajnn.TransformerConfig(**(base | kw))
-
-
-def fast_jit(fn):
-    """``jit`` of ``fn(model, *arrays)`` at XLA backend optimization level 0.
-
-    The models are tiny, so compiling dominates the runtime of these tests; the cheaper
-    backend pass changes no semantics.
-    """
-
-    @functools.partial(
-        jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0}
-    )
-    def run(graphdef, state, *args):
-        return fn(nnx.merge(graphdef, state), *args)
-
-    def call(model, *args):
-        return run(*nnx.split(model), *args)
-
-    return call
 
 
 @pytest.fixture(scope="module")

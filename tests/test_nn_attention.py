@@ -9,28 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nnx_helpers import fast_jit
 
 import attention_jax as aj
 from attention_jax import nn as ajnn
 
 B, T, D, N, K = 2, 5, 16, 4, 2
 H = D // N
-
-
-def fast_jit(fn):
-    """``jit`` of ``fn(module, *arrays)`` at XLA backend optimization level 0 (tiny modules:
-    compiling dominates the runtime; the cheaper backend pass changes no semantics)."""
-
-    @functools.partial(
-        jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0}
-    )
-    def run(graphdef, state, *args):
-        return fn(nnx.merge(graphdef, state), *args)
-
-    def call(module, *args):
-        return run(*nnx.split(module), *args)
-
-    return call
 
 
 @pytest.fixture(scope="module")

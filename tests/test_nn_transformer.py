@@ -2,7 +2,6 @@
 counts, mixed precision and a jitted training step that compiles once."""
 
 import dataclasses
-import functools
 import json
 
 import chex
@@ -12,28 +11,13 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from nnx_helpers import fast_jit
 
 import attention_jax as aj
 from attention_jax import nn as ajnn
 
 V, D, N, K, MAX_LEN, B, T = 11, 16, 4, 2, 12, 2, 8
 H, F = D // N, 4 * D
-
-
-def fast_jit(fn):
-    """``jit`` of ``fn(model, *arrays)`` at XLA backend optimization level 0 (tiny models:
-    compiling dominates the runtime; the cheaper backend pass changes no semantics)."""
-
-    @functools.partial(
-        jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0}
-    )
-    def run(graphdef, state, *args):
-        return fn(nnx.merge(graphdef, state), *args)
-
-    def call(model, *args):
-        return run(*nnx.split(model), *args)
-
-    return call
 
 
 def config(**kw):
@@ -161,7 +145,7 @@ def test_config_json_round_trip_yarn_bfloat16():
 
 
 # The attention-variant fields exclude each other in part (e.g. MLA has no value residual);
-# tests/test_nn_variants.py round-trips them.
+# tests/test_nn_variants.py and tests/test_nn_linear.py round-trip them.
 VARIANT_FIELDS = (
     "attention",
     "kv_latent_dim",
@@ -170,6 +154,9 @@ VARIANT_FIELDS = (
     "attention_gate",
     "value_residual",
     "talking_heads",
+    "linear_chunk_size",
+    "conv_size",
+    "layer_attention",
 )
 
 

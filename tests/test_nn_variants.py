@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax import lax
+from nnx_helpers import dense, fast_jit
 
 import attention_jax as aj
 from attention_jax import nn as ajnn
@@ -46,19 +47,6 @@ def lm_config(**kw):
         positional="rope",
     )
     return ajnn.TransformerConfig(**(base | kw))
-
-
-def fast_jit(fn):
-    """``jit`` of ``fn(model, *arrays)`` at XLA backend optimization level 0 (the models are
-    tiny: compiling dominates)."""
-
-    @functools.partial(
-        jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0}
-    )
-    def run(graphdef, state, *args):
-        return fn(nnx.merge(graphdef, state), *args)
-
-    return lambda model, *args: run(*nnx.split(model), *args)
 
 
 @fast_jit
@@ -141,14 +129,6 @@ def test_greedy_generate_equals_argmax_of_full_passes(name, tokens):
 
 def x_input(d=16, t=7, seed=0):
     return jax.random.normal(jax.random.key(seed), (B, t, d), jnp.float32)
-
-
-def dense(layer, x):
-    """float64 NumPy ``x W (+ b)`` of an ``nnx.Linear``."""
-    y = np.asarray(x, np.float64) @ np.asarray(layer.kernel[...], np.float64)
-    if layer.bias is not None:
-        y = y + np.asarray(layer.bias[...], np.float64)
-    return y
 
 
 def rms_norm(layer, x, eps=1e-6):
@@ -359,7 +339,7 @@ def test_config_round_trips_the_variant_fields():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(attention="linear"), "attention must be one of ('softmax', 'differential'"),
+        (dict(attention="mamba"), "attention must be one of ('softmax', 'differential'"),
         (dict(attention_gate="channel"), "attention_gate must be one of (None, 'headwise'"),
         (dict(sinks=1), "sinks must be a bool, got 1"),
         (dict(attention="mla", num_kv_heads=4), "kv_latent_dim must be an int >= 1 with "
