@@ -202,6 +202,8 @@ _RULES = {
     "t5_max_distance": ("int", 1),
     "kv_latent_dim": ("int", 1),
     "rope_head_dim": ("int", 1),
+    "conv_size": ("int", 2),
+    "linear_chunk_size": ("int", 1),
     # optimization
     "steps": ("int", 1),
     "batch": ("int", 1),
@@ -517,7 +519,7 @@ def char_lm_parser(doc: str) -> argparse.ArgumentParser:
         default=128,
         help="T5 bias: distances from this on share the last bucket",
     )
-    g.add_argument("--mlp", default="gelu", choices=MLP_KINDS)
+    g.add_argument("--mlp", default="gelu", choices=(*MLP_KINDS, "none"))
     g.add_argument(
         "--implementation",
         default=None,
@@ -569,6 +571,13 @@ def add_variant_flags(parser):
     )
     g.add_argument("--value-residual", action="store_true", help="mix the first layer's values in")
     g.add_argument("--talking-heads", action="store_true", help="mix heads' logits/weights")
+    g.add_argument(
+        "--layer-attention",
+        default=None,
+        help="one kind per layer for hybrids, comma-separated (e.g. gla,gla,gla,softmax)",
+    )
+    g.add_argument("--conv-size", type=int, default=None, help="linear mixers: short conv")
+    g.add_argument("--linear-chunk-size", type=int, default=64, help="linear mixers: chunk")
     return g
 
 
@@ -582,6 +591,13 @@ def variant_fields(args) -> dict:
         attention_gate=args.attention_gate,
         value_residual=args.value_residual,
         talking_heads=args.talking_heads,
+        layer_attention=(
+            None
+            if args.layer_attention is None
+            else tuple(k.strip() for k in args.layer_attention.split(","))
+        ),
+        conv_size=args.conv_size,
+        linear_chunk_size=args.linear_chunk_size,
     )
 
 

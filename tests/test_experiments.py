@@ -118,6 +118,29 @@ def test_variants_smoke(tmp_path, tinyshakespeare_path, fast_compile_env):
     check_run_dir(out / "forgetting" / "seed1337")
 
 
+def test_mqar_smoke(tmp_path, fast_compile_env):
+    out = tmp_path / "mqar"
+    run_script(
+        "mqar.py", "--mixers", "softmax,gated_deltanet", "--seq-lens", 32, "--d-models", 32,
+        "--lrs", "0.003", "--steps", 3, "--batch", 4, "--eval-size", 8, "--vocab", 64,
+        "--out", out, "--no-progress", env=fast_compile_env,
+    )  # fmt: skip
+    r = json.loads((out / "results.json").read_text())
+    assert [run["mixer"] for run in r["runs"]] == ["softmax", "gated_deltanet"]
+    assert all(0.0 <= run["accuracy"] <= 1.0 for run in r["runs"])
+    assert (out / "mqar.png").stat().st_size > 0 and "| gated_deltanet |" in (
+        out / "results.md"
+    ).read_text()
+
+
+@pytest.mark.slow
+def test_mqar_quick_under_5_minutes(tmp_path):
+    out = tmp_path / "mqar"
+    run_script("mqar.py", "--quick", "--out", out, "--no-progress", timeout=900)
+    r = json.loads((out / "results.json").read_text())
+    assert len(r["runs"]) == 6 and r["wall_seconds"] < 300, r["wall_seconds"]
+
+
 @pytest.mark.slow
 def test_variants_quick_under_5_minutes(tmp_path, tinyshakespeare_path):
     out = tmp_path / "variants"

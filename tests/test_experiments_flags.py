@@ -153,3 +153,13 @@ def test_char_lm_variant_flags_are_checked(tmp_path):
     check(line, r"kv_latent_dim must be an int >= 1 with attention='mla'")
     line = run_bad("experiments/char_lm.py", "--attention", "forgetting", "--sinks", cwd=tmp_path)
     check(line, r"sinks must be False with attention='forgetting'")
+
+
+def test_mqar_bad_flags(tmp_path):
+    script = "experiments/mqar.py"
+    line = run_bad(script, "--mixers", "softmax,mamba", cwd=tmp_path)
+    check(line, r"unknown mixer\(s\) \['mamba'\]; choose from \('softmax', 'linear'")
+    line = run_bad(script, "--seq-lens", "64,100", cwd=tmp_path)
+    check(line, r"--seq-lens 100: must be a multiple of 16 \(pairs = n / 16\) below --vocab$")
+    line = run_bad(script, "--d-models", "40", cwd=tmp_path)
+    check(line, r"--d-models 40: must be a multiple of --head-dim 16$")

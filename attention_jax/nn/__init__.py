@@ -8,12 +8,14 @@ from attention_jax.nn.cache import (
     KVCache,
     LatentCache,
     LayerCache,
+    RecurrentCache,
     init_kv_cache,
 )
 from attention_jax.nn.checks import validate_tokens
 from attention_jax.nn.config import (
     ATTENTION_GATES,
     ATTENTION_KINDS,
+    LINEAR_ATTENTION,
     AttentionConfig,
     TransformerConfig,
 )
@@ -21,6 +23,7 @@ from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.encoder import TransformerClassifier, TransformerEncoder
 from attention_jax.nn.encoder_decoder import EncoderDecoder
 from attention_jax.nn.generation import generate, sample_logits
+from attention_jax.nn.linear_attention import LinearAttention
 from attention_jax.nn.lm import TransformerLM
 from attention_jax.nn.mlp import MLP
 from attention_jax.nn.positional import LearnedPositionalEmbedding, T5RelativeBias

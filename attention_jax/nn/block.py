@@ -12,7 +12,8 @@ from flax import nnx
 from attention_jax._checks import check_choice, check_int, check_rate, describe
 from attention_jax.nn.attention import MultiHeadAttention
 from attention_jax.nn.cache import LayerCache
-from attention_jax.nn.config import NORMS, AttentionConfig, TransformerConfig
+from attention_jax.nn.config import LINEAR_ATTENTION, NORMS, AttentionConfig, TransformerConfig
+from attention_jax.nn.linear_attention import LinearAttention
 from attention_jax.nn.mlp import MLP
 
 __all__ = ["TransformerBlock", "cross_attention_config", "make_norm"]
@@ -26,6 +27,7 @@ _VARIANT_DEFAULTS = dict(
     attention_gate=None,
     value_residual=False,
     talking_heads=False,
+    conv_size=None,
 )
 
 
@@ -63,7 +65,7 @@ class TransformerBlock(nnx.Module):
       layer_index: the block's depth in its stack, from 0 (differential attention's
         ``lambda_init`` and the value residual depend on it).
       mlp_hidden: MLP hidden width (default ``4 * D``).
-      mlp: ``"gelu"``, ``"swiglu"`` or ``"relu"``.
+      mlp: ``"gelu"``, ``"swiglu"``, ``"relu"`` or ``"none"`` (no MLP sub-layer).
       norm: ``"layernorm"`` or ``"rmsnorm"``.
       prenorm: pre-norm (True) or post-norm (False).
       cross_attention: add a cross-attention sub-layer.
@@ -100,7 +102,8 @@ class TransformerBlock(nnx.Module):
         self.prenorm = prenorm
         norm_kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, fn=fn)
         self.attention_norm = make_norm(norm, d_model, **norm_kw)
-        self.attention = MultiHeadAttention(d_model, cfg, layer_index=layer_index, rngs=rngs)
+        layer = LinearAttention if cfg.attention in LINEAR_ATTENTION else MultiHeadAttention
+        self.attention = layer(d_model, cfg, layer_index=layer_index, rngs=rngs)
         if cross_attention:
             self.cross_attention_norm = make_norm(norm, d_model, **norm_kw)
             self.cross_attention = MultiHeadAttention(
@@ -108,16 +111,19 @@ class TransformerBlock(nnx.Module):
             )
         else:
             self.cross_attention_norm = self.cross_attention = None
-        self.mlp_norm = make_norm(norm, d_model, **norm_kw)
-        self.mlp = MLP(
-            d_model,
-            mlp_hidden,
-            kind=mlp,
-            use_bias=cfg.use_bias,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            rngs=rngs,
-        )
+        if mlp == "none":  # attention-only blocks (Zoology's MQAR models)
+            self.mlp_norm = self.mlp = None
+        else:
+            self.mlp_norm = make_norm(norm, d_model, **norm_kw)
+            self.mlp = MLP(
+                d_model,
+                mlp_hidden,
+                kind=mlp,
+                use_bias=cfg.use_bias,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                rngs=rngs,
+            )
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
     @classmethod
@@ -134,7 +140,7 @@ class TransformerBlock(nnx.Module):
         RoPE and ALiBi live in each block's self-attention; a T5 table is shared by the
         stack (the model passes it as ``bias_fn``), so the block's attention gets ``"none"``.
         """
-        attention = config.attention_config
+        attention = config.layer_attention_config(layer_index)
         if attention.positional == "t5":
             attention = dataclasses.replace(attention, positional="none")
         return cls(
@@ -247,5 +253,6 @@ class TransformerBlock(nnx.Module):
             x, _ = self._residual(
                 x, self.cross_attention_norm, cross_attention, deterministic, rngs
             )
-        x, _ = self._residual(x, self.mlp_norm, self.mlp, deterministic, rngs)
+        if self.mlp is not None:
+            x, _ = self._residual(x, self.mlp_norm, self.mlp, deterministic, rngs)
         return x if extra is None else (x, *extra)

@@ -25,6 +25,7 @@ __all__ = [
     "KVCache",
     "LatentCache",
     "LayerCache",
+    "RecurrentCache",
     "init_kv_cache",
 ]
 
@@ -55,6 +56,13 @@ class AttentionCache(NamedTuple):
     def capacity(self) -> int:
         """``S_max``, a static int."""
         return self.key.shape[1]
+
+    @property
+    def floats_per_token(self) -> int:
+        """Floats stored per token (keys, values and forget gates)."""
+        return sum(
+            math.prod(x.shape[2:]) for x in (self.key, self.value, self.log_forget) if x is not None
+        )
 
     def update(
         self, key: jax.Array, value: jax.Array, log_forget: jax.Array | None = None
@@ -97,6 +105,11 @@ class LatentCache(NamedTuple):
         """``S_max``, a static int."""
         return self.latent.shape[1]
 
+    @property
+    def floats_per_token(self) -> int:
+        """Floats stored per token (latent and RoPE key)."""
+        return self.latent.shape[2] + self.rope_key.shape[2]
+
     def update(self, latent: jax.Array, rope_key: jax.Array) -> LatentCache:
         """Writes ``latent [B, T, kv_latent_dim]`` and ``rope_key [B, T, rope_head_dim]`` at
         slots ``length ..`` (clamped like :meth:`AttentionCache.update`)."""
@@ -107,7 +120,38 @@ class LatentCache(NamedTuple):
         )
 
 
-LayerCache = AttentionCache | LatentCache
+class RecurrentCache(NamedTuple):
+    """The cache of one linear-attention layer (:class:`attention_jax.nn.LinearAttention`):
+    its recurrent state, which does not grow with the context, and the tail of its short
+    convolution.
+
+    Attributes:
+      state: the state of :mod:`attention_jax.linear` after the filled tokens: ``S`` float32
+        ``[B, N, F, H]`` (``F`` the feature dim), or ``(S, z)`` with the normalizer
+        ``z [B, N, F]`` for the normalized mixers (``"linear"``, ``"based"``).
+      conv: ``[B, conv_size - 1, C]``, the last inputs of the short causal convolution over
+        the ``C`` q/k/v channels (zeros before the first token), or None without one.
+      room: a zero-width ``[B, S_max, 0]`` array: its length axis is the capacity ``S_max``
+        (the model's position limit; nothing is stored per token).
+      length: int32 scalar, the number of processed tokens.
+    """
+
+    state: jax.Array | tuple[jax.Array, jax.Array]
+    conv: jax.Array | None
+    room: jax.Array
+    length: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        """``S_max``, a static int."""
+        return self.room.shape[1]
+
+    @property
+    def floats_per_token(self) -> int:
+        return 0
+
+
+LayerCache = AttentionCache | LatentCache | RecurrentCache
 
 
 class KVCache(NamedTuple):
@@ -156,8 +200,18 @@ class KVCache(NamedTuple):
         return KVCache(tuple(layer._replace(length=length) for layer in self.layers))
 
     def num_floats_per_token(self) -> int:
-        """Floats cached per token over all layers (the memory that grows with the context)."""
-        return sum(math.prod(x.shape[2:]) for x in jax.tree.leaves(self.layers) if x.ndim >= 2)
+        """Floats cached per token over all layers (the memory that grows with the context;
+        a linear-attention layer adds none)."""
+        return sum(layer.floats_per_token for layer in self.layers)
+
+    def num_state_floats(self) -> int:
+        """Floats of the fixed-size recurrent states (per sequence, over all layers)."""
+        return sum(
+            math.prod(x.shape[1:])
+            for layer in self.layers
+            if isinstance(layer, RecurrentCache)
+            for x in jax.tree.leaves((layer.state, layer.conv))
+        )
 
 
 class EncoderDecoderCache(NamedTuple):

@@ -37,6 +37,7 @@ __all__ = [
     "ATTENTION_GATES",
     "ATTENTION_KINDS",
     "CAUSAL_ONLY_ATTENTION",
+    "LINEAR_ATTENTION",
     "AttentionConfig",
     "AttentionOptions",
     "NORMS",
@@ -51,8 +52,17 @@ POSITIONAL_IN_ATTENTION = ("none", "rope", "alibi", "t5")
 NORMS = ("layernorm", "rmsnorm")
 POOLINGS = ("cls", "mean", "attention")
 # What computes a layer's attention (each kind is one paper; see AttentionConfig.attention).
-ATTENTION_KINDS = ("softmax", "differential", "forgetting", "stick_breaking", "mla")
-CAUSAL_ONLY_ATTENTION = ("forgetting", "stick_breaking")  # defined by their causal order
+LINEAR_ATTENTION = ("linear", "based", "gla", "deltanet", "gated_deltanet")
+ATTENTION_KINDS = (
+    "softmax",
+    "differential",
+    "forgetting",
+    "stick_breaking",
+    "mla",
+    *LINEAR_ATTENTION,
+)
+# Defined by their causal order (the linear mixers are recurrences over time).
+CAUSAL_ONLY_ATTENTION = ("forgetting", "stick_breaking", *LINEAR_ATTENTION)
 ATTENTION_GATES = ("headwise", "elementwise")
 
 # Options a kind's core function does not have, with the value they must keep there (the
@@ -64,11 +74,21 @@ _SOFTMAX_ONLY = {
     "talking_heads": False,
     "attention_dropout": 0.0,
 }
+_LINEAR_UNSUPPORTED = {
+    **_SOFTMAX_ONLY,
+    "positional": "none",  # a model's linear layers get "none" whatever its positional
+    "local_window_size": None,
+    "implementation": None,
+    "qk_norm": False,
+    "attention_gate": None,
+    "value_residual": False,
+}
 _UNSUPPORTED = {
     "differential": _SOFTMAX_ONLY,
     "forgetting": {**_SOFTMAX_ONLY, "local_window_size": None},
     "stick_breaking": {**_SOFTMAX_ONLY, "local_window_size": None, "implementation": None},
     "mla": {"qk_norm": False, "value_residual": False},
+    **{kind: _LINEAR_UNSUPPORTED for kind in LINEAR_ATTENTION},
 }
 
 
@@ -140,6 +160,14 @@ def _check_variant(v: dict[str, Any], fn: str) -> None:
     for name in ("kv_latent_dim", "rope_head_dim"):
         if v[name] is not None:
             v[name] = check_int(v[name], name, fn=fn)
+    v["linear_chunk_size"] = check_int(v["linear_chunk_size"], "linear_chunk_size", fn=fn)
+    if v["conv_size"] is not None:
+        v["conv_size"] = check_int(v["conv_size"], "conv_size", fn=fn, minimum=2)
+        if kind not in LINEAR_ATTENTION:
+            raise ValueError(
+                f"{fn}: conv_size must be None unless attention is a linear mixer "
+                f"{LINEAR_ATTENTION}, got {v['conv_size']!r}."
+            )
     for name, default in _UNSUPPORTED.get(kind, {}).items():
         if v[name] != default and not (name == "implementation" and v[name] == "xla"):
             raise ValueError(
@@ -234,6 +262,8 @@ class AttentionOptions:
     attention_gate: str | None = None
     value_residual: bool = False
     talking_heads: bool = False
+    linear_chunk_size: int = 64
+    conv_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -301,6 +331,25 @@ class AttentionConfig(AttentionOptions):
         0.5 each), ``v_first`` the first layer's values, passed along the stack.
       talking_heads: (Shazeer et al. 2020) learned ``[N, N]`` mixes of the logits and of the
         weights across heads (init identity); materialized path only.
+      linear_chunk_size: chunk of the chunkwise-parallel form of the linear mixers.
+      conv_size: a short causal depthwise convolution (kernel ``conv_size``, then SiLU) on q, k
+        and v of a linear mixer, as DeltaNet / Gated DeltaNet use (None: none).
+
+    The linear mixers (:class:`attention_jax.nn.LinearAttention`, :mod:`attention_jax.linear`;
+    causal only; their cache is a fixed-size recurrent state):
+
+    * ``"linear"`` (Katharopoulos et al. 2020): elu+1 features, normalized.
+    * ``"based"`` (Arora et al. 2024): the 2nd-order Taylor features of ``exp``, normalized.
+    * ``"gla"`` (Yang et al. 2024): a per-key-dimension decay
+      ``log_sigmoid(x W_1 W_2) / 16`` (rank-16 gate), per-head RMSNorm, output gate
+      ``silu(x W_g)``.
+    * ``"deltanet"`` (Yang et al. 2024): SiLU + L2-normalized q and k, writing strength
+      ``beta = sigmoid(x W_b)``, per-head RMSNorm.
+    * ``"gated_deltanet"`` (Yang, Kautz & Hatamizadeh 2024): DeltaNet with a Mamba-2 decay
+      ``-exp(A) softplus(x W_a + dt_bias)`` per head and the output gate ``silu(x W_g)``.
+
+    They take no positional encoding (order lives in the recurrence), softmax options, window,
+    QK-norm, gate or value residual.
 
     Combinations without a definition are rejected: the variants that call their own core
     function (differential, forgetting, stick-breaking) take no normalizer, softcap, sinks,
@@ -371,7 +420,8 @@ class TransformerConfig(AttentionOptions):
       t5_num_buckets, t5_max_distance: T5 bias options (valid for both directions: encoders
         use a bidirectional table, decoders a causal one).
       norm: ``"layernorm"`` or ``"rmsnorm"``.
-      mlp: ``"gelu"``, ``"swiglu"`` or ``"relu"`` (the 2017 architecture).
+      mlp: ``"gelu"``, ``"swiglu"``, ``"relu"`` (the 2017 architecture) or ``"none"``
+        (attention-only blocks, as Zoology's MQAR models).
       prenorm: pre-norm blocks with a final norm (True) or post-norm blocks (2017).
       dropout: residual and embedding dropout rate.
       attention_dropout: attention-weight dropout rate.
@@ -384,6 +434,10 @@ class TransformerConfig(AttentionOptions):
       local_window_size: optional sliding window of every self-attention layer, an int or
         ``(left, right)`` (a causal model needs only ``left``; canonicalized to a pair).
       num_encoder_layers, num_decoder_layers: encoder-decoder depths (default ``num_layers``).
+      layer_attention: None, or one attention kind per layer (``num_layers`` entries) for
+        hybrids such as ``("gated_deltanet", "gated_deltanet", "gated_deltanet", "softmax")``;
+        each layer takes the model's other attention options (linear layers without
+        positional encoding). ``attention`` is then the kind of any further layer.
       num_classes: classes of :class:`TransformerClassifier`.
       pooling: classifier pooling, ``"cls"`` (a learned token prepended at position 0),
         ``"mean"`` (over unpadded tokens) or ``"attention"`` (:func:`attention_jax.attention_pool`
@@ -419,6 +473,7 @@ class TransformerConfig(AttentionOptions):
     num_decoder_layers: int | None = None
     num_classes: int | None = None
     pooling: str = "cls"
+    layer_attention: tuple[str, ...] | None = None
 
     def __post_init__(self):
         fn = type(self).__name__
@@ -437,7 +492,7 @@ class TransformerConfig(AttentionOptions):
             )
         check_choice(self.positional, "positional", POSITIONALS, fn=fn)
         check_choice(self.norm, "norm", NORMS, fn=fn)
-        check_choice(self.mlp, "mlp", MLP_KINDS, fn=fn)
+        check_choice(self.mlp, "mlp", (*MLP_KINDS, "none"), fn=fn)
         check_choice(self.pooling, "pooling", POOLINGS, fn=fn)
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ValueError(
@@ -457,12 +512,47 @@ class TransformerConfig(AttentionOptions):
         values["positional"] = (
             self.positional if self.positional in POSITIONAL_IN_ATTENTION else "none"
         )
-        attention = AttentionConfig.checked(fn, **values)
+
+        def layer_config(kind: str) -> AttentionConfig:
+            # Linear mixers carry order in their recurrence: their layers get no positional
+            # encoding (the softmax layers of a hybrid keep the model's).
+            pos = "none" if kind in LINEAR_ATTENTION else values["positional"]
+            return AttentionConfig.checked(fn, **{**values, "attention": kind, "positional": pos})
+
+        attention = layer_config(self.attention)
         if self.positional == "t5":  # decoders use a causal table
             check_t5_config(self.t5_num_buckets, self.t5_max_distance, False, fn)
         for name in _SHARED_FIELDS - {"num_kv_heads", "head_dim", "positional"}:
             object.__setattr__(self, name, getattr(attention, name))  # canonical form
         object.__setattr__(self, "_attention_config", attention)
+        layers = self.layer_attention
+        if layers is not None:
+            if isinstance(layers, str) or not isinstance(layers, tuple | list):
+                raise ValueError(
+                    f"{fn}: layer_attention must be None or a tuple of attention kinds (one "
+                    f"per layer), got {describe(layers)}."
+                )
+            layers = tuple(layers)
+            if len(layers) != self.num_layers:
+                raise ValueError(
+                    f"{fn}: layer_attention must have num_layers={self.num_layers} entries, "
+                    f"got {len(layers)}: {layers!r}."
+                )
+            for kind in layers:
+                check_choice(kind, "layer_attention entries", ATTENTION_KINDS, fn=fn)
+            object.__setattr__(self, "layer_attention", layers)
+            configs = {kind: layer_config(kind) for kind in set(layers)}
+            object.__setattr__(self, "_layer_configs", tuple(configs[k] for k in layers))
+        else:
+            object.__setattr__(self, "_layer_configs", None)
+
+    def layer_attention_config(self, layer_index: int) -> AttentionConfig:
+        """The :class:`AttentionConfig` of self-attention layer ``layer_index``:
+        :attr:`attention_config`, or the kind ``layer_attention[layer_index]`` of a hybrid
+        (linear layers without positional encoding)."""
+        if self._layer_configs is None or layer_index >= len(self._layer_configs):
+            return self._attention_config
+        return self._layer_configs[layer_index]
 
     @property
     def attention_config(self) -> AttentionConfig:
@@ -488,6 +578,8 @@ class TransformerConfig(AttentionOptions):
             out["rope_scaling"] = dataclasses.asdict(self.rope_scaling)
         if self.local_window_size is not None:
             out["local_window_size"] = list(self.local_window_size)
+        if self.layer_attention is not None:
+            out["layer_attention"] = list(self.layer_attention)
         return out
 
     @classmethod

@@ -54,11 +54,12 @@ class TransformerEncoder(nnx.Module):
     """
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-        if config.attention in CAUSAL_ONLY_ATTENTION:
-            raise ValueError(
-                f"{type(self).__name__}: attention must not be {config.attention!r} in a "
-                f"bidirectional encoder (it is defined causally), got {config.attention!r}."
-            )
+        for kind in (config.attention, *(config.layer_attention or ())):
+            if kind in CAUSAL_ONLY_ATTENTION:
+                raise ValueError(
+                    f"{type(self).__name__}: attention must not be {kind!r} in a "
+                    f"bidirectional encoder (it is defined causally), got {kind!r}."
+                )
         self.config = config
         self.embedder = Embedder(config, rngs=rngs)
         self.relative_bias = stack_relative_bias(config, bidirectional=True, rngs=rngs)
