@@ -43,14 +43,12 @@ folder ``<variant>/seed<k>/``, and ``extrapolation/`` (``lm_extrapolation.py``'s
 
 import argparse
 import json
-import math
 import pathlib
 import statistics
 import sys
 import time
 
 import common  # experiments/common.py, beside this script
-import jax
 import lm_extrapolation
 from flax import nnx
 
@@ -155,9 +153,7 @@ def run_args(lm: argparse.Namespace, out: pathlib.Path, seed: int) -> argparse.N
 def cache_floats_per_token_per_layer(config) -> int:
     """What one layer caches per token in decoding (keys + values, or MLA's latent)."""
     model = nnx.eval_shape(lambda: TransformerLM(config, rngs=nnx.Rngs(0)))
-    layer = model.blocks[0].attention
-    cache = nnx.eval_shape(lambda: layer.init_cache(1, 1))
-    return sum(math.prod(x.shape[2:]) for x in jax.tree.leaves(cache) if x.ndim)
+    return model.blocks[0].attention.init_cache(1, 1).floats_per_token
 
 
 def summarize(runs: list[dict]) -> dict:
