@@ -4,6 +4,9 @@
   and checksummed), train/validation split, random and sequential windows.
 * :mod:`attention_jax.data.synthetic` -- ``copy``, ``reverse``, ``sort``, ``mqar`` and
   ``induction`` as ``<bos> x <sep> y`` batches, and :func:`exact_match`.
+* :mod:`attention_jax.data.mqar` -- Zoology's multi-query associative recall generator.
+* :mod:`attention_jax.data.dates` -- human-written dates and their ISO form (the seq2seq
+  translation task of ``experiments/date_translation.py``).
 """
 
 from attention_jax.data.synthetic import (
