@@ -11,7 +11,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,experiments]'
 	$(PY) -m ipykernel install --user --name attention_jax --display-name "attention_jax (.venv)" >/dev/null
 	touch $(STAMP)
 
@@ -36,7 +36,7 @@ demo: install
 	$(PY) experiments/synthetic.py --demo --out out/demo
 
 notebooks: install
-	$(PY) -m pip install --quiet -e '.[dev,notebooks]'
+	$(PY) -m pip install --quiet -e '.[dev,experiments,notebooks]'
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: install
