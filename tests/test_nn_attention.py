@@ -247,7 +247,7 @@ def test_unknown_positional():
     with pytest.raises(
         ValueError,
         match=r"^MultiHeadAttention.create: positional must be one of \('none', 'rope', "
-        r"'alibi', 't5'\), got 'sinusoidal'\.$",
+        r"'alibi', 't5', 'rope_2d'\), got 'sinusoidal'\.$",
     ):
         ajnn.MultiHeadAttention.create(D, N, positional="sinusoidal", rngs=nnx.Rngs(0))
 

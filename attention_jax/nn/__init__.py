@@ -1,5 +1,6 @@
 """Flax NNX modules: parameters and wiring only; the math lives in the functional core."""
 
+from attention_jax.nn.additive import AdditiveAttention
 from attention_jax.nn.attention import MultiHeadAttention
 from attention_jax.nn.block import TransformerBlock
 from attention_jax.nn.cache import (
@@ -27,4 +28,7 @@ from attention_jax.nn.linear_attention import LinearAttention
 from attention_jax.nn.lm import TransformerLM
 from attention_jax.nn.mlp import MLP
 from attention_jax.nn.positional import LearnedPositionalEmbedding, T5RelativeBias
+from attention_jax.nn.rnn_classifier import RNNAttentionClassifier
+from attention_jax.nn.seq2seq import Seq2SeqAttention
 from attention_jax.nn.stack import DecoderStack
+from attention_jax.nn.vision import VisionTransformer

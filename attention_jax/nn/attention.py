@@ -24,9 +24,10 @@ from flax import nnx
 from attention_jax._checks import check_int, describe, float_array
 from attention_jax.attention import dot_product_attention
 from attention_jax.nn.cache import AttentionCache, LatentCache, LayerCache
+from attention_jax.nn.checks import check_grid_positions
 from attention_jax.nn.config import CAUSAL_ONLY_ATTENTION, AttentionConfig
 from attention_jax.nn.positional import T5RelativeBias
-from attention_jax.positional import alibi_bias, alibi_slopes, apply_rope
+from attention_jax.positional import alibi_bias, alibi_slopes, apply_rope, apply_rope_2d
 from attention_jax.variants import (
     differential_attention,
     forgetting_attention,
@@ -77,6 +78,12 @@ class MultiHeadAttention(nnx.Module):
     * ``"t5"``: a learned :class:`attention_jax.nn.T5RelativeBias` table owned by this
       layer, used as ``bias_fn``. (Models that share one table across layers, as T5 does,
       build this module with ``"none"`` and pass the shared table as ``bias_fn`` at call time.)
+    * ``"rope_2d"`` (Heo et al. 2024, axial): :func:`attention_jax.apply_rope_2d` on q and k
+      at 2-D positions: ``query_positions`` (and ``key_value_positions`` of a context) are
+      then ``[T, 2]`` or ``[B, T, 2]`` ``(row, col)`` pairs, required, and the core sees the
+      token indices as positions (masks, lengths and segment ids work as usual; a ``bias_fn``
+      gets ``arange``). A grid has no causal order and no append-only decoding: ``is_causal``
+      and caches raise.
 
     Two ways to build one::
 
@@ -270,10 +277,17 @@ class MultiHeadAttention(nnx.Module):
         factor = self.config.head_dim // self._qk_dim
         return y.reshape(*y.shape[:-1], heads * factor, self._qk_dim)
 
-    def _rope(self, x: jax.Array, positions: jax.Array | None) -> jax.Array:
+    def _rope(self, x: jax.Array, positions: jax.Array | None, name: str, fn: str) -> jax.Array:
+        """RoPE of ``x [B, T, heads, H']`` at ``positions`` (the argument ``name`` of ``fn``):
+        1-D at ``[T]`` / ``[B, T]`` (default ``arange(T)``), or, with ``"rope_2d"``, axial
+        2-D at the ``(row, col)`` pairs ``[T, 2]`` / ``[B, T, 2]``."""
+        cfg = self.config
+        if cfg.positional == "rope_2d":
+            b, t = x.shape[:2]
+            positions = check_grid_positions(positions, name, fn=fn, batch=b, length=t)
+            return apply_rope_2d(x, positions[..., 0], positions[..., 1], base=cfg.rope_base)
         if positions is None:
             positions = jnp.arange(x.shape[1], dtype=jnp.int32)
-        cfg = self.config
         return apply_rope(
             x,
             positions,
@@ -284,24 +298,27 @@ class MultiHeadAttention(nnx.Module):
 
     def project_query(self, x: jax.Array, query_positions: jax.Array | None = None) -> jax.Array:
         """``x [B, T, D]`` -> ``q [B, T, N, H]`` (QK-norm, then RoPE at ``query_positions``
-        ``[T]`` or ``[B, T]``, default ``arange(T)``).
+        ``[T]`` or ``[B, T]``, default ``arange(T)``; ``"rope_2d"``: ``(row, col)`` pairs
+        ``[T, 2]`` or ``[B, T, 2]``, required).
 
         Differential attention: ``[B, T, 2N, H / 2]``, the two halves of each head (head
         ``i``'s halves at ``2i, 2i + 1``), normed and rotated as heads of their own. MLA:
         ``[B, T, N, H + rope_head_dim]``, the content part and the rotated RoPE part.
         """
+        fn = "MultiHeadAttention.project_query"
         cfg = self.config
         if cfg.attention == "mla":
             q = self.query(x).reshape(*x.shape[:2], cfg.num_heads, -1)
             if self.positional != "rope":
                 return q
             h = cfg.head_dim
-            return jnp.concatenate([q[..., :h], self._rope(q[..., h:], query_positions)], -1)
+            rope = self._rope(q[..., h:], query_positions, "query_positions", fn)
+            return jnp.concatenate([q[..., :h], rope], -1)
         q = self._qk_heads(self.query(x), self.num_heads)
         if self.q_norm is not None:
             q = self.q_norm(q)
-        if self.positional == "rope":
-            q = self._rope(q, query_positions)
+        if self.positional in ("rope", "rope_2d"):
+            q = self._rope(q, query_positions, "query_positions", fn)
         return q
 
     def project_key_value(
@@ -311,7 +328,8 @@ class MultiHeadAttention(nnx.Module):
         ``[B, S, 2K, H / 2]`` for differential attention).
 
         QK-norm and RoPE (at ``key_value_positions`` ``[S]`` or ``[B, S]``, default
-        ``arange(S)``) are applied to ``k``, so the result is exactly what attention
+        ``arange(S)``; ``"rope_2d"``: ``[S, 2]`` or ``[B, S, 2]``, required) are applied to
+        ``k``, so the result is exactly what attention
         consumes: cross-attention over a fixed context computes it once and passes it as
         ``context_key_value``. (MLA layers project a latent instead: :meth:`project_latent`.)
         """
@@ -324,8 +342,9 @@ class MultiHeadAttention(nnx.Module):
         v = self.value(context).reshape(*context.shape[:2], self.num_kv_heads, self.head_dim)
         if self.k_norm is not None:
             k = self.k_norm(k)
-        if self.positional == "rope":
-            k = self._rope(k, key_value_positions)
+        if self.positional in ("rope", "rope_2d"):
+            fn = "MultiHeadAttention.project_key_value"
+            k = self._rope(k, key_value_positions, "key_value_positions", fn)
         return k, v
 
     def project_latent(
@@ -339,7 +358,8 @@ class MultiHeadAttention(nnx.Module):
         latent = self.kv_norm(down[..., : cfg.kv_latent_dim])
         rope_key = down[..., cfg.kv_latent_dim :]
         if self.positional == "rope":
-            rope_key = self._rope(rope_key[:, :, None, :], key_value_positions)[:, :, 0]
+            fn, name = "MultiHeadAttention.project_latent", "key_value_positions"
+            rope_key = self._rope(rope_key[:, :, None, :], key_value_positions, name, fn)[:, :, 0]
         return latent, rope_key
 
     def _mla_up(self, dtype) -> tuple[jax.Array, jax.Array]:
@@ -397,6 +417,11 @@ class MultiHeadAttention(nnx.Module):
         batch_size = check_int(batch_size, "batch_size", fn=fn)
         max_len = check_int(max_len, "max_len", fn=fn)
         cfg = self.config
+        if cfg.positional == "rope_2d":
+            raise ValueError(
+                f"{fn}: a positional='rope_2d' layer has no cache (cached decoding appends "
+                "tokens at 1-D positions; a patch grid is attended to whole)."
+            )
         if dtype is None:
             dtype = jnp.float32 if cfg.dtype is None else cfg.dtype
         length = jnp.int32(0)
@@ -456,8 +481,11 @@ class MultiHeadAttention(nnx.Module):
           query_positions: ``[T]`` or ``[B, T]`` int positions of ``x`` (default
             ``arange(T)``, or ``cache.length + arange(T)`` with a cache); used by RoPE,
             ALiBi/T5, causality and the window. Self-attention keys sit at the same positions.
+            With ``positional="rope_2d"``: the required ``[T, 2]`` or ``[B, T, 2]`` int
+            ``(row, col)`` of each token, used by the rotation only.
           key_value_positions: ``[S]`` or ``[B, S]`` positions of the context keys
-            (cross-attention only; default ``arange(S)``).
+            (cross-attention only; default ``arange(S)``; ``"rope_2d"``: ``[S, 2]`` or
+            ``[B, S, 2]``, required with ``context``).
           segment_ids: ``[B, T]`` (self-attention) or ``([B, T], [B, S])``: packed sequences.
           query_seq_lengths: ``[B]``; padded query rows output zeros.
           key_value_seq_lengths: ``[B]``; padded keys are masked. Not allowed with a cache
@@ -518,6 +546,17 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError(f"{fn}: x must be of shape [B, T, D], got {describe(x)}.")
         batch, length = x.shape[:2]
         positions_given = query_positions is not None
+        grid = cfg.positional == "rope_2d"
+        if grid:
+            self._check_grid_call(
+                fn,
+                x=x,
+                context=context,
+                is_causal=is_causal,
+                cache=cache,
+                query_positions=query_positions,
+                key_value_positions=key_value_positions,
+            )
         if cache is not None:
             want = LatentCache if kind == "mla" else AttentionCache
             if not isinstance(cache, want):
@@ -547,7 +586,8 @@ class MultiHeadAttention(nnx.Module):
             query_seq_lengths=query_seq_lengths,
             local_window_size=cfg.local_window_size,
             segment_ids=segment_ids,
-            query_positions=query_positions,
+            # 2-D positions rotate q and k only; the core orders tokens by their index.
+            query_positions=None if grid else query_positions,
             bias_fn=self.bias_fn(bias_fn),
             softcap=cfg.softcap,
             normalizer=cfg.normalizer,
@@ -593,7 +633,7 @@ class MultiHeadAttention(nnx.Module):
                 k,
                 v,
                 log_forget=log_forget,
-                key_value_positions=key_value_positions,
+                key_value_positions=None if grid else key_value_positions,
                 key_value_seq_lengths=key_value_seq_lengths,
                 positions_given=positions_given,
                 cached=cache is not None,
@@ -612,6 +652,29 @@ class MultiHeadAttention(nnx.Module):
                 raise ValueError(f"{fn}: return_values needs a layer with values (not mla).")
             result = (*result, values)
         return result[0] if len(result) == 1 else result
+
+    def _check_grid_call(
+        self, fn: str, *, x, context, is_causal, cache, query_positions, key_value_positions
+    ) -> None:
+        """``positional="rope_2d"``: a bidirectional, uncached call with ``(row, col)``
+        positions for the queries (and for the keys of a ``context``)."""
+        if is_causal:
+            raise ValueError(
+                f"{fn}: is_causal must be False with positional='rope_2d' (tokens on a 2-D "
+                "grid have no causal order), got True."
+            )
+        if cache is not None:
+            raise ValueError(
+                f"{fn}: cache must be None with positional='rope_2d' (cached decoding appends "
+                f"tokens at 1-D positions), got {type(cache).__name__}."
+            )
+        batch, length = x.shape[:2]
+        check_grid_positions(query_positions, "query_positions", fn=fn, batch=batch, length=length)
+        if context is not None:
+            b, s = jnp.shape(context)[:2]
+            check_grid_positions(
+                key_value_positions, "key_value_positions", fn=fn, batch=b, length=s
+            )
 
     def _check_variant_call(self, fn: str, *, cross: bool, is_causal: bool, **args) -> None:
         """Call arguments that the layer's variant cannot honour raise here, by name."""

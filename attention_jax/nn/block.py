@@ -196,7 +196,8 @@ class TransformerBlock(nnx.Module):
           mask: self-attention mask broadcastable to ``[B, N, T, S]``.
           is_causal: causal self-attention.
           positions: ``[T]`` or ``[B, T]`` int positions of ``x`` (the self-attention's
-            ``query_positions``; its keys sit at the same positions).
+            ``query_positions``; its keys sit at the same positions); with
+            ``positional="rope_2d"`` the ``(row, col)`` pairs ``[T, 2]`` or ``[B, T, 2]``.
           segment_ids: ``[B, T]`` packed sequences (self-attention).
           query_seq_lengths: ``[B]``: padded query rows of both attentions output zeros.
           key_value_seq_lengths: ``[B]``: padded self-attention keys are masked.

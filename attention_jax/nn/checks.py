@@ -1,4 +1,4 @@
-"""Checks shared by the models: token ids, sequence lengths, caches.
+"""Checks shared by the models: token ids, sequence lengths, caches, images and grid positions.
 
 The rules and the message style are those of :mod:`attention_jax._checks`
 (``"<function>: <argument> must be <rule>, got <value and shape>."``); this module holds the
@@ -12,11 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from attention_jax._checks import describe, int_array
+from attention_jax._checks import bool_array, describe, float_array, int_array
 from attention_jax.nn.cache import KVCache
 
 __all__ = [
     "check_cache",
+    "check_grid_positions",
+    "check_images",
     "check_seq_lengths",
     "check_tokens",
     "validate_tokens",
@@ -124,3 +126,98 @@ def validate_tokens(
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{rule}, got min {lo} and max {hi} in {describe(tokens)}.")
     return tokens
+
+
+def check_features(
+    x,
+    name: str,
+    *,
+    fn: str,
+    shape: str,
+    ndims: tuple[int, ...] = (3,),
+    features: int | None = None,
+    letter: str = "D",
+    why: str = "",
+) -> jax.Array:
+    """``x`` as a floating-point array (TypeError otherwise) with ``x.ndim`` in ``ndims`` and,
+    when ``features`` is given, ``x.shape[-1] == features`` (ValueError otherwise).
+
+    ``shape`` spells the accepted shapes in the message (``"[B, Dq] or [B, T, Dq]"``),
+    ``letter`` names the feature axis and ``why`` the argument that fixed its width
+    (``" (query_features)"``).
+    """
+    x = float_array(x, name, fn=fn)
+    if x.ndim not in ndims or (features is not None and x.shape[-1] != features):
+        width = "" if features is None else f" with {letter}={features}{why}"
+        raise ValueError(f"{fn}: {name} must be of shape {shape}{width}, got {describe(x)}.")
+    return x
+
+
+def check_leading(x: jax.Array, name: str, leading: tuple[int, ...], *, fn: str, what: str):
+    """Checks that ``x.shape`` starts with ``leading``; ``what`` names those axes and where
+    they come from in the message (``"[B, S] of keys"``)."""
+    if tuple(x.shape[: len(leading)]) != tuple(leading):
+        raise ValueError(
+            f"{fn}: {name} must have leading axes {what}={tuple(leading)}, got {describe(x)}."
+        )
+    return x
+
+
+def padding_lengths(
+    mask,
+    lengths,
+    *,
+    fn: str,
+    batch: int,
+    length: int,
+    mask_name: str = "mask",
+    lengths_name: str = "lengths",
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """Right padding given either as ``mask [B, T]`` (bool, True = token, a prefix of each row)
+    or as ``lengths [B]`` (int), for models that run a recurrence over the valid prefix.
+
+    Returns ``(lengths [B] int32, valid [B, T] bool)`` with ``valid = arange(T) < lengths``
+    (a mask is reduced to its count of True entries), or ``(None, None)`` when neither is
+    given. Passing both is refused: they would have to agree.
+    """
+    lengths = check_seq_lengths(lengths, lengths_name, fn=fn, batch=batch)
+    if mask is not None:
+        if lengths is not None:
+            raise ValueError(
+                f"{fn}: {lengths_name} must be None when {mask_name} is given (pass one of "
+                f"them), got {describe(lengths)}."
+            )
+        mask = bool_array(mask, mask_name, fn=fn, hint=" (True = token)")
+        if mask.shape != (batch, length):
+            raise ValueError(
+                f"{fn}: {mask_name} must be of shape [B, T]=({batch}, {length}), got "
+                f"{describe(mask)}."
+            )
+        lengths = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+    if lengths is None:
+        return None, None
+    lengths = lengths.astype(jnp.int32)
+    return lengths, jnp.arange(length)[None, :] < lengths[:, None]
+
+
+def check_images(images, name: str, *, fn: str, height: int, width: int, channels: int):
+    """``images`` as a floating ``[B, height, width, channels]`` array (channels last)."""
+    images = float_array(images, name, fn=fn)
+    if images.ndim != 4 or tuple(images.shape[1:]) != (height, width, channels):
+        raise ValueError(
+            f"{fn}: {name} must be of shape [B, H, W, C]=(B, {height}, {width}, {channels}), "
+            f"got {describe(images)}."
+        )
+    return images
+
+
+def check_grid_positions(positions, name: str, *, fn: str, batch: int, length: int):
+    """The ``(row, col)`` of each of ``length`` tokens on a 2-D grid: an integer array
+    ``[length, 2]`` or ``[batch, length, 2]`` (required: a grid has no default order)."""
+    rule = f"an integer array of shape [{length}, 2] or [{batch}, {length}, 2] (row, col)"
+    if positions is None:
+        raise ValueError(f"{fn}: {name} must be {rule}, got None.")
+    positions = int_array(positions, name, fn=fn)
+    if tuple(positions.shape) not in ((length, 2), (batch, length, 2)):
+        raise ValueError(f"{fn}: {name} must be {rule}, got {describe(positions)}.")
+    return positions

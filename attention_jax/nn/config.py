@@ -37,6 +37,7 @@ __all__ = [
     "ATTENTION_GATES",
     "ATTENTION_KINDS",
     "CAUSAL_ONLY_ATTENTION",
+    "GRID_POSITIONALS",
     "LINEAR_ATTENTION",
     "AttentionConfig",
     "AttentionOptions",
@@ -48,7 +49,9 @@ __all__ = [
 ]
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
-POSITIONAL_IN_ATTENTION = ("none", "rope", "alibi", "t5")
+POSITIONAL_IN_ATTENTION = ("none", "rope", "alibi", "t5", "rope_2d")
+# Positions on a 2-D grid of image patches: attention_jax.nn.VisionTransformer's kinds.
+GRID_POSITIONALS = ("sinusoidal_2d", "rope_2d")
 NORMS = ("layernorm", "rmsnorm")
 POOLINGS = ("cls", "mean", "attention")
 # What computes a layer's attention (each kind is one paper; see AttentionConfig.attention).
@@ -145,9 +148,34 @@ def _check_attention(values: dict[str, Any], fn: str) -> dict[str, Any]:
     v["attention_dropout"] = check_rate(v["attention_dropout"], "attention_dropout", fn=fn)
     check_choice(v["implementation"], "implementation", (None, *IMPLEMENTATIONS), fn=fn)
     _check_variant(v, fn)
+    if v["positional"] == "rope_2d":
+        _check_rope_2d(v, fn)
     v["dtype"] = _check_dtype(v["dtype"], "dtype", fn=fn, allow_none=True)
     v["param_dtype"] = _check_dtype(v["param_dtype"], "param_dtype", fn=fn, allow_none=False)
     return v
+
+
+def _check_rope_2d(v: dict[str, Any], fn: str) -> None:
+    """The rules of ``positional="rope_2d"``: :func:`attention_jax.apply_rope_2d` rotates
+    whole heads (no fraction, no scaling) of a width that splits into row and column pairs,
+    and the 1-D notions of position (a window over positions) do not apply."""
+    if v["head_dim"] % 4:
+        raise ValueError(
+            f"{fn}: head_dim must be a multiple of 4 with positional='rope_2d' (half of the "
+            f"rotated pairs turn with the row, half with the column), got {v['head_dim']}."
+        )
+    fixed = {"rope_fraction": 1.0, "rope_scaling": None, "local_window_size": None}
+    for name, default in fixed.items():
+        if v[name] != default:
+            raise ValueError(
+                f"{fn}: {name} must be {default!r} with positional='rope_2d' (axial 2-D RoPE "
+                f"rotates whole heads at (row, col) positions), got {describe(v[name])}."
+            )
+    if v["attention"] != "softmax":
+        raise ValueError(
+            f"{fn}: attention must be 'softmax' with positional='rope_2d' (the variants "
+            f"place tokens at 1-D positions), got {v['attention']!r}."
+        )
 
 
 def _check_variant(v: dict[str, Any], fn: str) -> None:
@@ -279,9 +307,13 @@ class AttentionConfig(AttentionOptions):
         is multi-query attention).
       positional: position information inside attention: ``"none"`` (absolute encodings
         live in the embedding, or NoPE), ``"rope"`` (:func:`attention_jax.apply_rope` on q
-        and k), ``"alibi"`` (:func:`attention_jax.alibi_bias`) or ``"t5"`` (a learned
-        :class:`attention_jax.nn.T5RelativeBias` table owned by the layer).
-      rope_base, rope_fraction, rope_scaling: RoPE options (:func:`attention_jax.apply_rope`).
+        and k), ``"alibi"`` (:func:`attention_jax.alibi_bias`), ``"t5"`` (a learned
+        :class:`attention_jax.nn.T5RelativeBias` table owned by the layer) or ``"rope_2d"``
+        (axial 2-D RoPE, Heo et al. 2024: :func:`attention_jax.apply_rope_2d` on q and k at
+        ``(row, col)`` positions of a patch grid; softmax attention, bidirectional and
+        uncached only, ``head_dim`` a multiple of 4, no window, fraction or scaling).
+      rope_base, rope_fraction, rope_scaling: RoPE options (:func:`attention_jax.apply_rope`;
+        ``"rope_2d"`` uses ``rope_base`` only).
       t5_num_buckets, t5_max_distance, t5_bidirectional: the T5 table's options
         (:func:`attention_jax.t5_relative_bias`).
       qk_norm: RMSNorm over ``H`` on every q and k head (before RoPE).
@@ -415,7 +447,8 @@ class TransformerConfig(AttentionOptions):
         the MLP parameters of GELU).
       positional: ``"learned"``/``"sinusoidal"`` (added to the embeddings), ``"rope"`` (on q
         and k), ``"alibi"``/``"t5"`` (attention bias; one T5 table per stack, shared by its
-        layers), ``"none"`` (NoPE).
+        layers), ``"none"`` (NoPE). The 2-D kinds of image patch grids (``"sinusoidal_2d"``,
+        ``"rope_2d"``) are :class:`attention_jax.nn.VisionTransformer`'s.
       rope_base, rope_fraction, rope_scaling: RoPE options (:func:`attention_jax.apply_rope`).
       t5_num_buckets, t5_max_distance: T5 bias options (valid for both directions: encoders
         use a bidirectional table, decoders a causal one).
@@ -489,6 +522,12 @@ class TransformerConfig(AttentionOptions):
             raise ValueError(
                 f"{fn}: mlp_ratio must give an MLP width int(mlp_ratio * d_model) >= 1, "
                 f"got {self.mlp_ratio!r}."
+            )
+        if self.positional in GRID_POSITIONALS:
+            raise ValueError(
+                f"{fn}: positional must be one of {POSITIONALS} (token positions are 1-D; "
+                f"{self.positional!r} places image patches on a 2-D grid: VisionTransformer), "
+                f"got {self.positional!r}."
             )
         check_choice(self.positional, "positional", POSITIONALS, fn=fn)
         check_choice(self.norm, "norm", NORMS, fn=fn)
