@@ -19,6 +19,7 @@ and ``mqar.png`` (accuracy vs d_model, one panel per sequence length, one line p
 Zoology's Figure 2).
 """
 
+import functools
 import sys
 import time
 
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from tqdm.std import tqdm
 
 from attention_jax import train as T
 from attention_jax.data.mqar import multiquery_ar
@@ -53,6 +55,10 @@ def make_parser():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--eval-size", type=int, default=512)
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    p.add_argument(
+        "--target", type=float, default=0.99, help="stop a cell once a learning rate reaches it"
+    )
     common.add_run_flags(p, out="out/mqar", seed=0)
     return p
 
@@ -83,9 +89,12 @@ def parse_args(argv=None, p=None):
     args.seq_lens = _list(p, args.seq_lens, grid["seq_lens"], int, "--seq-lens")
     args.d_models = _list(p, args.d_models, grid["d_models"], int, "--d-models")
     args.lrs = _list(p, args.lrs, grid["lrs"], float, "--lrs")
-    for name in ("head_dim", "layers", "vocab", "steps", "batch", "eval_size"):
+    for name in ("head_dim", "layers", "vocab", "steps", "batch", "eval_size", "eval_every"):
         common.check_int(p, args, name, 1)
     common.check_int(p, args, "warmup", 0)
+    args.eval_every = min(args.eval_every, args.steps)
+    if args.steps % args.eval_every:  # one compiled chunk of steps serves the whole run
+        p.error(f"--steps {args.steps} must be a multiple of --eval-every {args.eval_every}")
     for n in args.seq_lens:
         if n % 16 or n >= args.vocab:
             p.error(f"--seq-lens {n}: must be a multiple of 16 (pairs = n / 16) below --vocab")
@@ -110,48 +119,108 @@ def model_config(mixer: str, *, d_model: int, seq_len: int, args) -> Transformer
     )
 
 
-def run(mixer, *, seq_len, d_model, lr, args, key):
+def train_cell(mixer, *, seq_len, d_model, args, key) -> list[dict]:
+    """Trains one model per learning rate of ``args.lrs`` for a cell of the grid, all at once.
+
+    The models share their initialization and batches; ``jax.vmap`` over the stacked
+    parameters, optimizer states and learning rates makes one compiled step train them all,
+    and ``lax.scan`` runs ``--eval-every`` steps per call. Training stops early once one
+    learning rate reaches ``--target`` held-out accuracy (the cell's best is then known).
+    """
     pairs = seq_len // 16
     config = model_config(mixer, d_model=d_model, seq_len=seq_len, args=args)
     k_init, k_data, k_eval = jax.random.split(key, 3)
     model = TransformerLM(config, rngs=nnx.Rngs(k_init))
+    num_params = T.count_params(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    num_lrs = len(args.lrs)
+    lrs = jnp.asarray(args.lrs, jnp.float32)
+    params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lrs, *x.shape)), params)
     warmup = min(args.warmup, args.steps - 1)  # short smoke runs: the cosine needs a step
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, args.steps, lr / 10)
+    # A peak-1 schedule; the learning rate scales the update, as adamw(lr * schedule) would.
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, args.steps, 0.1)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.1))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    opt_state = jax.vmap(tx.init)(params)
     sizes = dict(seq_len=seq_len, num_kv_pairs=pairs, vocab_size=args.vocab)
-
-    def batch_fn(step, data):
-        del data
-        return multiquery_ar(jax.random.fold_in(k_data, step), batch_size=args.batch, **sizes)
-
     heldout = multiquery_ar(k_eval, batch_size=args.eval_size, **sizes)
 
-    @nnx.jit
-    def accuracy(model, batch):
-        pred = jnp.argmax(model(batch.inputs), axis=-1)
-        return jnp.sum((pred == batch.targets) & batch.loss_mask) / jnp.sum(batch.loss_mask)
+    def logits_fn(params, inputs):
+        return nnx.merge(graphdef, params, rest)(inputs)
 
-    result = T.train(
-        model,
-        optimizer,
-        batch_fn,
-        steps=args.steps,
-        log_interval=max(args.steps // 10, 1),
-        progress=not args.no_progress,
-        desc=f"{mixer} L{seq_len} d{d_model} lr{lr:g}",
-    )
-    return {
-        "mixer": mixer,
-        "seq_len": seq_len,
-        "num_kv_pairs": pairs,
-        "d_model": d_model,
-        "lr": lr,
-        "accuracy": float(accuracy(model, heldout)),
-        "final_loss": result.last("train/loss"),
-        "num_params": T.count_params(model),
-        "ms_per_step_median": result.median_step_ms,
-    }
+    def one_step(params, opt_state, lr, batch):
+        def loss_fn(params):
+            logits = logits_fn(params, batch.inputs)
+            return T.cross_entropy(logits, batch.targets, batch.loss_mask)[0]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: lr * u, updates)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=(0, 1))
+    def train_steps(params, opt_state, start, *, num_steps):
+        def body(carry, step):
+            batch = multiquery_ar(jax.random.fold_in(k_data, step), batch_size=args.batch, **sizes)
+            params, opt_state, loss = jax.vmap(one_step, in_axes=(0, 0, 0, None))(
+                *carry, lrs, batch
+            )
+            return (params, opt_state), loss
+
+        steps = start + jnp.arange(num_steps)
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps)
+        return params, opt_state, losses[-1]
+
+    @jax.jit
+    def accuracy(params):
+        def one(params):
+            pred = jnp.argmax(logits_fn(params, heldout.inputs), axis=-1)
+            hits = (pred == heldout.targets) & heldout.loss_mask
+            return jnp.sum(hits) / jnp.sum(heldout.loss_mask)
+
+        return jax.vmap(one)(params)
+
+    desc = f"{mixer} L{seq_len} d{d_model}"
+    step, seconds, timed_steps = 0, 0.0, 0
+    history = []
+    with tqdm(total=args.steps, desc=desc, disable=args.no_progress) as bar:
+        while step < args.steps:
+            num_steps = args.eval_every
+            t0 = time.perf_counter()
+            params, opt_state, loss = train_steps(
+                params, opt_state, jnp.int32(step), num_steps=num_steps
+            )
+            loss = jax.block_until_ready(loss)
+            if step > 0:  # the first call compiles
+                seconds += time.perf_counter() - t0
+                timed_steps += num_steps
+            step += num_steps
+            acc = accuracy(params)
+            history.append({"step": step, "accuracy": acc.tolist(), "loss": loss.tolist()})
+            bar.update(num_steps)
+            bar.set_postfix(best_accuracy=f"{float(acc.max()):.3f}")
+            if float(acc.max()) >= args.target:
+                break
+    ms = 1e3 * seconds / timed_steps if timed_steps else None
+    return [
+        {
+            "mixer": mixer,
+            "seq_len": seq_len,
+            "num_kv_pairs": pairs,
+            "d_model": d_model,
+            "lr": lr,
+            "accuracy": history[-1]["accuracy"][i],
+            "final_loss": history[-1]["loss"][i],
+            "steps": step,
+            "history": [
+                {"step": h["step"], "accuracy": h["accuracy"][i], "loss": h["loss"][i]}
+                for h in history
+            ],
+            "num_params": num_params,
+            # the time of one step of all the learning rates together
+            "ms_per_step_all_lrs": ms,
+        }
+        for i, lr in enumerate(args.lrs)
+    ]
 
 
 def best_table(runs: list[dict], args) -> tuple[dict, str]:
@@ -210,24 +279,24 @@ def main(argv=None):
     for n in args.seq_lens:
         for d in args.d_models:
             for m in args.mixers:
-                for lr in args.lrs:
-                    r = run(m, seq_len=n, d_model=d, lr=lr, args=args, key=key)
-                    runs.append(r)
-                    print(
-                        f"{m} L{n} d{d} lr {lr:g}: accuracy {r['accuracy']:.3f} "
-                        f"({r['num_params']:,} parameters)",
-                        file=sys.stderr,
-                    )
-                    T.write_json(
-                        out / "results.json",
-                        {
-                            "experiment": "mqar",
-                            "settings": {k: v for k, v in vars(args).items() if k != "out"},
-                            "environment": common.environment(),
-                            "runs": runs,
-                            "wall_seconds": time.perf_counter() - t_start,
-                        },
-                    )
+                cell = train_cell(m, seq_len=n, d_model=d, args=args, key=key)
+                runs.extend(cell)
+                accs = ", ".join(f"lr {r['lr']:g}: {r['accuracy']:.3f}" for r in cell)
+                print(
+                    f"{m} L{n} d{d} ({cell[0]['num_params']:,} parameters, "
+                    f"{cell[0]['steps']} steps): accuracy {accs}",
+                    file=sys.stderr,
+                )
+                T.write_json(
+                    out / "results.json",
+                    {
+                        "experiment": "mqar",
+                        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+                        "environment": common.environment(),
+                        "runs": runs,
+                        "wall_seconds": time.perf_counter() - t_start,
+                    },
+                )
     best, table = best_table(runs, args)
     (out / "results.md").write_text(table)
     plot(best, args, out / "mqar.png")
