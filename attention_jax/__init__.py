@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 from attention_jax import flex  # score_mod / mask_mod helpers
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.attention import additive_attention, attention_pool, dot_product_attention
-from attention_jax.context_parallel import (
+from attention_jax.parallel import (
     CONTEXT_PARALLEL_STRATEGIES,
     context_parallel_attention,
     ring_attention,
