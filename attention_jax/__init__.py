@@ -10,16 +10,6 @@ __version__ = "0.1.0"
 from attention_jax import flex  # score_mod / mask_mod helpers
 from attention_jax._inputs import AttentionInputs, canonicalize_attention_inputs
 from attention_jax.attention import additive_attention, attention_pool, dot_product_attention
-from attention_jax.parallel import (
-    CONTEXT_PARALLEL_STRATEGIES,
-    context_parallel_attention,
-    ring_attention,
-    ring_block_counts,
-    shard_positions,
-    ulysses_attention,
-    zigzag_reorder,
-    zigzag_restore,
-)
 from attention_jax.dispatch import select_implementation
 from attention_jax.flash import flash_attention, merge_attention
 from attention_jax.flex import BlockMask, create_block_mask
@@ -50,6 +40,16 @@ from attention_jax.normalizers import (
     softmax,
     softmax_one,
     sparsemax,
+)
+from attention_jax.parallel import (
+    CONTEXT_PARALLEL_STRATEGIES,
+    context_parallel_attention,
+    ring_attention,
+    ring_block_counts,
+    shard_positions,
+    ulysses_attention,
+    zigzag_reorder,
+    zigzag_restore,
 )
 from attention_jax.positional import (
     RopeScaling,

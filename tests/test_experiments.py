@@ -169,3 +169,71 @@ def test_char_lm_baby_gpt(tmp_path, tinyshakespeare_path):
     m = json.loads((out / "metrics.json").read_text())
     # nanoGPT: 1.88 on 20 random batches; allow for that estimate's noise.
     assert m["val_loss_full"] < 1.95 and m["val_loss"] < 1.95, m
+
+
+def test_date_translation_smoke(tmp_path, fast_compile_env):
+    out = tmp_path / "dates"
+    run_script(
+        "date_translation.py", "--train-size", 64, "--eval-size", 32, "--steps", 3,
+        "--batch", 8, "--eval-interval", 2, "--embed-dim", 8, "--hidden-dim", 8,
+        "--layers", 1, "--d-model", 16, "--heads", 2, "--show", 2, "--out", out,
+        "--no-progress", env=fast_compile_env,
+    )  # fmt: skip
+    r = json.loads((out / "results.json").read_text())
+    for key in ("settings", "environment", "data", "models", "wall_seconds"):
+        assert key in r, key
+    assert set(r["models"]) == {"seq2seq", "transformer"}
+    assert r["data"]["eval_size"] == 32 and 0 < r["data"]["uniform_year_mass"] < 1
+    for m in r["models"].values():
+        assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["year_alignment_mass"] <= 1.0
+        assert set(m["per_format_exact_match"]) == set(m["per_format_year_alignment_mass"])
+        assert m["num_params"] > 0 and m["steps"] == 3 and m["train_seconds"] > 0
+        assert "ms_per_step" in m and len(m["examples"]) == 2
+        assert [h["step"] for h in m["exact_match_history"]] == [0, 2, 3]
+    assert len(r["models"]["transformer"]["year_alignment_mass_per_layer"]) == 1
+    for name in ("alignments.png", "alignments_transformer.png", "loss.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+@pytest.mark.slow
+def test_date_translation_quick_under_2_minutes(tmp_path):
+    out = tmp_path / "dates"
+    run_script("date_translation.py", "--quick", "--out", out, "--no-progress", timeout=600)
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["models"]) == {"seq2seq", "transformer"}
+    assert r["wall_seconds"] < 120, r["wall_seconds"]
+
+
+DIGITS_TINY = ["--d-model", 16, "--heads", 2, "--layers", 1, "--hidden", 8, "--batch", 16]
+
+
+def test_digits_smoke(tmp_path, fast_compile_env):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "digits"
+    models = "lstm_attention,lstm_last,vit_learned,vit_rope_2d,svc,logreg"
+    run_script(
+        "digits.py", "--models", models, "--seeds", 2, "--steps", 3, "--eval-every", 2,
+        "--show", 3, *DIGITS_TINY, "--out", out, "--no-progress", env=fast_compile_env,
+    )  # fmt: skip
+    r = json.loads((out / "results.json").read_text())
+    assert list(r["results"]) == models.split(",")
+    assert r["settings"]["split"]["num_train"] + r["settings"]["split"]["num_test"] == 1797
+    assert {"jax", "devices", "python"} <= set(r["environment"])
+    for name, m in r["results"].items():
+        assert {"accuracy", "mean", "std", "num_params", "train_seconds"} <= set(m), name
+        assert len(m["accuracy"]) == (1 if name in ("svc", "logreg") else 2), name
+        assert all(0.0 <= a <= 1.0 for a in m["accuracy"]) and m["num_params"] > 0, name
+    assert r["results"]["svc"]["mean"] > 0.95 and r["results"]["svc"]["std"] == 0.0
+    for name in ("accuracy.png", "pooling_weights.png", "rollout.png", "results.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert "| ViT, 2-D RoPE (`vit_rope_2d`) |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_digits_quick_under_2_minutes(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "digits"
+    run_script("digits.py", "--quick", "--out", out, "--no-progress", timeout=600)
+    r = json.loads((out / "results.json").read_text())
+    assert r["wall_seconds"] < 120, r["wall_seconds"]
+    assert (out / "rollout.png").exists() and (out / "pooling_weights.png").exists()

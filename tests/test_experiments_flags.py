@@ -163,3 +163,40 @@ def test_mqar_bad_flags(tmp_path):
     check(line, r"--seq-lens 100: must be a multiple of 16 \(pairs = n / 16\) below --vocab$")
     line = run_bad(script, "--d-models", "40", cwd=tmp_path)
     check(line, r"--d-models 40: must be a multiple of --head-dim 16$")
+
+
+def test_date_translation_bad_flags(tmp_path):
+    script = "experiments/date_translation.py"
+    line = run_bad(script, "--models", "seq2seq,lstm", cwd=tmp_path)
+    check(line, r"--models: unknown model\(s\) \['lstm'\]; choose from \('seq2seq', 'trans")
+    line = run_bad(script, "--train-size", 30000, "--eval-size", 7000, cwd=tmp_path)
+    check(line, r"--train-size 30000 plus --eval-size 7000 must be at most 36525")
+    line = run_bad(script, "--hidden-dim", 0, cwd=tmp_path)
+    check(line, r"--hidden-dim must be an int >= 1, got 0$")
+    line = run_bad(script, "--d-model", 30, "--heads", 4, cwd=tmp_path)
+    check(line, r"--d-model 30 must be divisible by --heads 4")
+
+
+def test_digits_bad_flags(tmp_path):
+    script = "experiments/digits.py"
+    line = run_bad(script, "--models", "lstm_attention,cnn", cwd=tmp_path)
+    check(line, r"--models: unknown model\(s\) \['cnn'\]; choose from \('lstm_attention', ")
+    line = run_bad(script, "--seeds", 0, cwd=tmp_path)
+    check(line, r"--seeds must be an int >= 1, got 0$")
+    # Each ViT's constructor checks, traced before any data is read: 2-D RoPE rotates
+    # pairs of rows and of columns, so a head needs a multiple of 4 dimensions.
+    line = run_bad(script, "--models", "vit_rope_2d", "--d-model", 24, cwd=tmp_path)
+    check(line, r"the ViT flags make no valid model for vit_rope_2d: .*head_dim")
+    assert not (tmp_path / "out").exists()
+
+
+def test_digits_without_scikit_learn_says_how_to_install(tmp_path, monkeypatch):
+    # A stand-in package, first on the path, that fails to import as a missing one would.
+    fake = tmp_path / "fake"
+    (fake / "sklearn").mkdir(parents=True)
+    (fake / "sklearn" / "__init__.py").write_text("raise ImportError('no scikit-learn here')\n")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")]))
+    )
+    line = run_bad("experiments/digits.py", "--quick", cwd=tmp_path)
+    check(line, r"needs scikit-learn .*: pip install -e '\.\[experiments\]'$")
