@@ -28,7 +28,13 @@ import jax.numpy as jnp
 
 from attention_jax._inputs import AttentionInputs
 
-__all__ = ["IMPLEMENTATIONS", "FLASH_MIN_LOGITS", "Selection", "select_implementation"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "FLASH_MIN_LOGITS",
+    "FLASH_MIN_LOGITS_ACCELERATOR",
+    "Selection",
+    "select_implementation",
+]
 
 IMPLEMENTATIONS = ("xla", "flash", "cudnn", "tokamax")
 
@@ -40,6 +46,13 @@ IMPLEMENTATIONS = ("xla", "flash", "cudnn", "tokamax")
 # takes a few milliseconds, keep the materialized path (which also supports forward-mode
 # autodiff; the flash path's custom VJP is reverse-mode only).
 FLASH_MIN_LOGITS = 2**20
+
+# The same threshold on GPUs (and other accelerators) when no fused kernel serves the call.
+# There the materialized path is the faster one at every size measured (H100, jax 0.11,
+# benchmarks/gpu_check.py: 1.4x to 3x faster than the pure-JAX flash path up to
+# B*N*T*S = 2^29), so flash is kept for what only it gives, memory: 2^28 logits are 1 GiB
+# in float32 per layer and per buffer, kept for the backward pass in every layer.
+FLASH_MIN_LOGITS_ACCELERATOR = 2**28
 
 
 class Selection(NamedTuple):
@@ -184,8 +197,9 @@ def select_implementation(
        path that materializes the weights).
     2. An NVIDIA GPU and options cuDNN supports (see the module docstring) -> ``"cudnn"``.
     3. An NVIDIA GPU with ``tokamax`` installed and options it supports -> ``"tokamax"``.
-    4. Logits of at least :data:`FLASH_MIN_LOGITS` entries (``B * N * T * S``) ->
-       ``"flash"``; otherwise ``"xla"``.
+    4. Logits of at least :data:`FLASH_MIN_LOGITS` entries (``B * N * T * S``) on CPU, of
+       :data:`FLASH_MIN_LOGITS_ACCELERATOR` on GPUs and TPUs -> ``"flash"``; otherwise
+       ``"xla"``.
 
     Only shapes, dtypes and which options are set are looked at, so this also runs on
     abstract inputs (under ``jax.eval_shape`` or ``jit``). To ask which path a call would
@@ -239,10 +253,10 @@ def select_implementation(
             return Selection("tokamax", "NVIDIA GPU, tokamax installed, options it supports")
     b, t, s, n, _, _ = inputs.dims
     logits = b * n * t * s
-    if logits >= FLASH_MIN_LOGITS:
-        return Selection(
-            "flash", f"B*N*T*S = {logits} >= FLASH_MIN_LOGITS = {FLASH_MIN_LOGITS} on {platform}"
-        )
-    return Selection(
-        "xla", f"B*N*T*S = {logits} < FLASH_MIN_LOGITS = {FLASH_MIN_LOGITS} on {platform}"
-    )
+    if platform == "cpu":
+        name, threshold = "FLASH_MIN_LOGITS", FLASH_MIN_LOGITS
+    else:
+        name, threshold = "FLASH_MIN_LOGITS_ACCELERATOR", FLASH_MIN_LOGITS_ACCELERATOR
+    if logits >= threshold:
+        return Selection("flash", f"B*N*T*S = {logits} >= {name} = {threshold} on {platform}")
+    return Selection("xla", f"B*N*T*S = {logits} < {name} = {threshold} on {platform}")

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from attention_jax import _checks
 from attention_jax.flash import flash_attention, merge_attention
@@ -581,6 +581,11 @@ _STRATEGIES = {
 }
 
 
+def _has_explicit_axes(mesh: Mesh) -> bool:
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    return explicit is not None and explicit in tuple(getattr(mesh, "axis_types", ()) or ())
+
+
 def context_parallel_attention(
     query: jax.Array,
     key: jax.Array,
@@ -652,9 +657,21 @@ def context_parallel_attention(
     if segment_ids is not None:
         segment_ids = _checks.int_array(segment_ids, "segment_ids", fn=fn, shape=query.shape[:2])
     sharded = [x for x in (query, key, value, segment_ids) if x is not None]
-    if load_balance:
-        sharded = [zigzag_reorder(x, p, axis=1) for x in sharded]
     spec = PartitionSpec(batch_axis, axis)
+    explicit = _has_explicit_axes(mesh)
+
+    def permute(x, reorder):
+        if explicit:
+            # Explicit-axis meshes (jax.make_mesh's default) type every array's sharding: the
+            # zigzag gather runs with the sequence unsharded and the result is resharded.
+            x = jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec(batch_axis)))
+        x = (zigzag_reorder if reorder else zigzag_restore)(x, p, axis=1)
+        return jax.sharding.reshard(x, NamedSharding(mesh, spec)) if explicit else x
+
+    if load_balance:
+        sharded = [permute(x, True) for x in sharded]
+    elif explicit:
+        sharded = [jax.sharding.reshard(x, NamedSharding(mesh, spec)) for x in sharded]
     strategy_fn = _STRATEGIES[strategy]
     has_seg = segment_ids is not None
 
@@ -675,4 +692,4 @@ def context_parallel_attention(
     out = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(
         sinks, *sharded
     )
-    return zigzag_restore(out, p, axis=1) if load_balance else out
+    return permute(out, False) if load_balance else out

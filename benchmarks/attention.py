@@ -225,27 +225,35 @@ def make_torch_fn(causal, mode):
     return fwd if mode == "fwd" else fwd_bwd
 
 
-def make_torch_inputs(b, t, n, h, dtype, requires_grad):
+def make_torch_inputs(b, t, n, h, dtype, requires_grad, device="cpu"):
     import torch
 
     torch.manual_seed(0)
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    dev = "cuda" if device == "gpu" else "cpu"
     # [B, N, T, H], the layout SDPA takes.
-    q, k, v = (torch.randn(b, n, t, h, dtype=dt).requires_grad_(requires_grad) for _ in range(3))
-    return q, k, v, torch.randn(b, n, t, h, dtype=dt)
+    q, k, v = (
+        torch.randn(b, n, t, h, dtype=dt, device=dev).requires_grad_(requires_grad)
+        for _ in range(3)
+    )
+    return q, k, v, torch.randn(b, n, t, h, dtype=dt, device=dev)
 
 
 class Point:
     """One implementation at one shape, causal or not, with a callable to time."""
 
-    def __init__(self, impl, shape, causal, mode, dtype, block_q=None, block_k=None):
+    def __init__(self, impl, shape, causal, mode, dtype, block_q=None, block_k=None, device="cpu"):
         self.impl, self.shape, self.causal, self.mode = impl, shape, causal, mode
         self.cpu: list[float] = []
         self.block_q, self.block_k = block_q, block_k
         b, t, n, h = shape
         if impl == "torch":
-            self.args = make_torch_inputs(b, t, n, h, dtype, mode == "fwdbwd")
+            import torch
+
+            self.args = make_torch_inputs(b, t, n, h, dtype, mode == "fwdbwd", device)
             self.fn = make_torch_fn(causal, mode)
+            # CUDA calls return before the kernels finish.
+            self._block = torch.cuda.synchronize if device == "gpu" else (lambda: None)
         else:
             import jax
 
@@ -259,7 +267,9 @@ class Point:
         """Runs once; returns the wall time and records the process CPU time in ``cpu``."""
         c0, t0 = time.process_time(), time.perf_counter()
         out = self.fn(*self.args)
-        if self.impl != "torch":
+        if self.impl == "torch":
+            self._block()
+        else:
             self._block(out)
         wall = time.perf_counter() - t0
         self.cpu.append(time.process_time() - c0)
@@ -511,9 +521,12 @@ def available_impls(requested: list[str], device: str) -> list[str]:
         if impl == "cudnn" and device != "gpu":
             print("skipping cudnn: needs an NVIDIA GPU")
             continue
-        if impl == "torch" and device != "cpu":
-            print("skipping torch: the PyTorch peer is a CPU build")
-            continue
+        if impl == "torch" and device == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                print("skipping torch: this PyTorch build has no CUDA")
+                continue
         out.append(impl)
     return out
 
@@ -556,7 +569,7 @@ def run_benchmark(args, device: str) -> None:
                         if estimated_bytes(impl, b, t, n, h, mode, itemsize) > 0.8 * avail:
                             continue
                         try:
-                            timed.append(Point(impl, shape, causal, mode, dtype))
+                            timed.append(Point(impl, shape, causal, mode, dtype, device=device))
                         except Exception as e:  # an implementation that cannot serve it
                             row_of[impl, causal][f"{mode}_error"] = f"{type(e).__name__}: {e}"[:200]
                 if not timed:

@@ -68,6 +68,12 @@ def on_gpu(monkeypatch):
 
 
 @pytest.fixture
+def on_cpu(monkeypatch):
+    """A CPU, whatever this machine has (the suite also runs on GPUs)."""
+    monkeypatch.setattr(dispatch, "_platform", lambda: "cpu")
+
+
+@pytest.fixture
 def tokamax_installed(monkeypatch):
     monkeypatch.setattr(dispatch, "_tokamax_installed", lambda: True)
 
@@ -81,21 +87,21 @@ def test_names():
     assert IMPLEMENTATIONS == ("xla", "flash", "cudnn", "tokamax")
 
 
-def test_short_sequences_on_cpu_use_xla():
+def test_short_sequences_on_cpu_use_xla(on_cpu):
     sel = select(SHORT, SHORT)
     assert isinstance(sel, Selection)
     assert sel.name == "xla"
     assert "FLASH_MIN_LOGITS" in sel.reason
 
 
-def test_long_sequences_use_flash():
+def test_long_sequences_use_flash(on_cpu):
     assert 8 * LONG_T * LONG_T >= FLASH_MIN_LOGITS
     sel = select(LONG, LONG, is_causal=True)
     assert sel.name == "flash"
     assert sel.reason.startswith("B*N*T*S = ")
 
 
-def test_threshold_is_on_logits_size():
+def test_threshold_is_on_logits_size(on_cpu):
     t = 64
     while 1 * 1 * t * t < FLASH_MIN_LOGITS:
         t *= 2
@@ -133,12 +139,12 @@ def test_forced_xla_and_flash_are_honored():
     assert select(SHORT, SHORT, implementation="flash").name == "flash"
 
 
-def test_forced_cudnn_on_cpu_raises():
+def test_forced_cudnn_on_cpu_raises(on_cpu):
     with pytest.raises(ValueError, match="platform 'cpu'.*NVIDIA GPU"):
         select(BF16, BF16, implementation="cudnn")
 
 
-def test_forced_cudnn_raises_through_dot_product_attention():
+def test_forced_cudnn_raises_through_dot_product_attention(on_cpu):
     q = jnp.ones((1, 4, 2, 8), jnp.bfloat16)
     with pytest.raises(ValueError, match="implementation='cudnn' cannot serve"):
         dot_product_attention(q, q, q, implementation="cudnn")
@@ -231,14 +237,31 @@ def test_no_fused_kernel_off_nvidia(monkeypatch, tokamax_installed):
     monkeypatch.setattr(dispatch, "_platform", lambda: "tpu")
     short_bf16 = spec(SHORT.shape, jnp.bfloat16)
     assert select(short_bf16, short_bf16).name == "xla"
-    assert select(BF16, BF16).name == "flash"
+    assert select(BF16, BF16).name == "xla"  # 2^23 logits: below the accelerator threshold
+    big = spec((16, 4096, 16, 64), jnp.bfloat16)
+    assert select(big, big).name == "flash"
     monkeypatch.setattr(dispatch, "_platform", lambda: "rocm")
     with pytest.raises(ValueError, match="platform 'rocm'"):
         select(BF16, BF16, implementation="cudnn")
 
 
-def test_platform_on_this_machine_is_cpu():
-    assert dispatch._platform() == jax.default_backend() == "cpu"
+def test_platform_names_the_backend():
+    backend = jax.default_backend()
+    expected = {"gpu": ("cuda", "rocm"), "cuda": ("cuda",), "rocm": ("rocm",)}
+    assert dispatch._platform() in expected.get(backend, (backend,))
+
+
+def test_accelerators_keep_the_materialized_path_longer(monkeypatch, tokamax_missing):
+    monkeypatch.setattr(dispatch, "_platform", lambda: "cuda")
+    # float32: cuDNN does not serve it, so the logits-size rule decides.
+    t = 1024  # 8 * 8 * 1024 * 1024 = 2^26 logits: flash on CPU, xla on a GPU
+    q = jax.ShapeDtypeStruct((8, t, 8, 64), jnp.float32)
+    sel = select(q, q)
+    assert sel.name == "xla" and "FLASH_MIN_LOGITS_ACCELERATOR" in sel.reason
+    big = jax.ShapeDtypeStruct((16, 4096, 16, 64), jnp.float32)  # 2^32 logits
+    assert select(big, big).name == "flash"
+    monkeypatch.setattr(dispatch, "_platform", lambda: "cpu")
+    assert select(q, q).name == "flash"
 
 
 def test_automatic_choice_matches_forced_result():
