@@ -37,13 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from attention_jax import _checks
 from attention_jax.flash import flash_attention, merge_attention
 
 __all__ = [
     "CONTEXT_PARALLEL_STRATEGIES",
+    "DATA_AXIS",
+    "SEQUENCE_AXIS",
     "context_parallel_attention",
     "ring_attention",
     "ring_block_counts",
@@ -54,6 +56,11 @@ __all__ = [
 ]
 
 CONTEXT_PARALLEL_STRATEGIES = ("ring", "ulysses", "all_gather")
+
+# The mesh axis names of the library: the batch over "data", the tokens over "sequence"
+# (attention_jax.train.make_mesh builds such meshes; the models look these names up).
+DATA_AXIS = "data"
+SEQUENCE_AXIS = "sequence"
 
 
 # ----------------------------------------------------------------------------------------
@@ -591,8 +598,8 @@ def context_parallel_attention(
     key: jax.Array,
     value: jax.Array,
     *,
-    mesh: Mesh,
-    axis: str = "sequence",
+    mesh: Mesh | AbstractMesh | None = None,
+    axis: str = SEQUENCE_AXIS,
     batch_axis: str | None = None,
     strategy: str = "ring",
     load_balance: bool = True,
@@ -608,7 +615,9 @@ def context_parallel_attention(
     Args:
       query: ``[B, T, N, H]``.
       key, value: ``[B, T, K, H]``.
-      mesh: a :class:`jax.sharding.Mesh` with an axis named ``axis``.
+      mesh: a :class:`jax.sharding.Mesh` (or the ``AbstractMesh`` of a traced program) with
+        an axis named ``axis``; None: the mesh set by ``jax.set_mesh`` (how the models of
+        :mod:`attention_jax.nn` call it inside a training step).
       axis: the mesh axis for the sequence (size ``P``; ``T`` divisible by ``P``, by
         ``2P`` with ``load_balance``).
       batch_axis: optional mesh axis for the batch (``B`` divisible by its size).
@@ -624,7 +633,14 @@ def context_parallel_attention(
     """
     fn = "context_parallel_attention"
     strategy = _checks.check_choice(strategy, "strategy", CONTEXT_PARALLEL_STRATEGIES, fn=fn)
-    if not isinstance(mesh, Mesh):
+    if mesh is None:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            raise ValueError(
+                f"{fn}: mesh is None and no mesh is set: pass mesh= or call it under "
+                "jax.set_mesh(mesh)."
+            )
+    if not isinstance(mesh, Mesh | AbstractMesh):
         raise TypeError(f"{fn}: mesh must be a jax.sharding.Mesh, got {mesh!r}.")
     for name, value_ in (("axis", axis), ("batch_axis", batch_axis)):
         if value_ is not None and value_ not in mesh.shape:

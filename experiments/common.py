@@ -41,6 +41,7 @@ from attention_jax.dispatch import IMPLEMENTATIONS
 from attention_jax.nn import TransformerConfig, TransformerLM, generate
 from attention_jax.nn import config as nn_config
 from attention_jax.nn.mlp import MLP_KINDS
+from attention_jax.parallel import CONTEXT_PARALLEL_STRATEGIES
 
 __all__ = [
     "CORPUS",
@@ -549,7 +550,52 @@ def char_lm_parser(doc: str) -> argparse.ArgumentParser:
     g.add_argument("--sample", type=int, default=300, help="characters to generate at the end")
     g.add_argument("--temperature", type=float, default=0.8, help="of the sample (0: greedy)")
     g.add_argument("--shard-params", action="store_true", help="FSDP-style parameter sharding")
+    g.add_argument(
+        "--mesh",
+        default=None,
+        help="DATAxSEQUENCE device mesh, e.g. 2x4 (default: all devices on the data axis)",
+    )
+    g.add_argument(
+        "--context-parallel",
+        default=None,
+        choices=CONTEXT_PARALLEL_STRATEGIES,
+        help="attention over the mesh's sequence axis (needs --mesh with SEQUENCE > 1)",
+    )
     return p
+
+
+def parse_mesh(parser, args, *, check_devices: bool = True):
+    """``--mesh DxS`` as ``(data, sequence)`` (None without the flag), checked against
+    ``--batch``, ``--block``, ``--context-parallel`` and, with ``check_devices`` (after
+    ``maybe_initialize_distributed``: counting devices starts JAX), the devices."""
+    if args.mesh is None:
+        if args.context_parallel is not None:
+            parser.error("--context-parallel needs --mesh DATAxSEQUENCE with SEQUENCE > 1")
+        return None
+    try:
+        data, sequence = (int(x) for x in args.mesh.lower().split("x"))
+        if data < 1 or sequence < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(
+            f"--mesh must be DATAxSEQUENCE with positive sizes (e.g. 2x4), got {args.mesh!r}"
+        )
+    n = jax.device_count() if check_devices else data * sequence
+    if data * sequence != n:
+        parser.error(
+            f"--mesh {args.mesh} needs {data * sequence} devices, this job has {n} "
+            "(on one CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+        )
+    if args.batch % data:
+        parser.error(f"--batch {args.batch} must be divisible by the data axis {data} of --mesh")
+    if sequence > 1 and args.context_parallel is None:
+        parser.error(f"--mesh {args.mesh} splits sequences: choose --context-parallel")
+    if sequence > 1 and args.block % (2 * sequence):
+        parser.error(
+            f"--block {args.block} must be divisible by 2 x the sequence axis = {2 * sequence} "
+            "(the load-balanced layout cuts each sequence into 2 chunks per device)"
+        )
+    return data, sequence
 
 
 def add_variant_flags(parser):
@@ -615,6 +661,7 @@ def _char_lm_config(parser, args, *, vocab_size: int, max_len: int) -> Transform
         tie_embeddings=True,
         use_bias=args.bias,
         implementation=args.implementation,
+        context_parallel=args.context_parallel,
         **variant_fields(args),
     )
 
@@ -622,6 +669,7 @@ def _char_lm_config(parser, args, *, vocab_size: int, max_len: int) -> Transform
 def check_char_lm_flags(parser, args) -> None:
     """:func:`check_flags`, the implementation, and a config built from the flags (with a
     placeholder vocabulary): every flag is checked before the text is read."""
+    parse_mesh(parser, args, check_devices=False)
     check_flags(parser, args)
     check_implementation(parser, args)
     _char_lm_config(parser, args, vocab_size=2, max_len=args.block)
@@ -652,6 +700,7 @@ def train_char_lm(parser, args, text: str) -> dict:
     """
     check_block(parser, args, len(text))
     T.maybe_initialize_distributed()
+    mesh_shape = parse_mesh(parser, args)
     out = output_dir(args.out)
     tokenizer = CharTokenizer.from_text(text)
     train_ids, val_ids = train_val_split(tokenizer.encode(text), 0.9)
@@ -703,6 +752,9 @@ def train_char_lm(parser, args, text: str) -> dict:
         lr_schedule=schedule,
         accumulate_steps=args.accumulate,
         shard_params=args.shard_params,
+        mesh=None
+        if mesh_shape is None
+        else T.make_mesh(data=mesh_shape[0], sequence=mesh_shape[1]),
         progress=not args.no_progress,
         desc="char_lm",
     )

@@ -82,6 +82,65 @@ def test_single_device_mesh_equals_flash():
         chex.assert_trees_all_close(out, aj.flash_attention(q, k, k, is_causal=True), atol=1e-5)
 
 
+def test_config_rules():
+    from attention_jax.nn import AttentionConfig, TransformerConfig
+
+    with pytest.raises(ValueError, match="context_parallel must be one of"):
+        AttentionConfig(num_heads=2, head_dim=8, context_parallel="tree")
+    bad = [
+        (dict(normalizer="sparsemax"), "normalizer must be 'softmax'"),
+        (dict(attention_dropout=0.1), "attention_dropout must be 0.0"),
+        (dict(talking_heads=True), "talking_heads must be False"),
+        (dict(attention="forgetting"), "attention must be 'softmax'"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ValueError, match=f"AttentionConfig: {message}.*context_parallel"):
+            AttentionConfig(num_heads=2, head_dim=8, context_parallel="ring", **options)
+    cfg = TransformerConfig(
+        vocab_size=5, d_model=16, num_layers=1, num_heads=2, max_len=8, context_parallel="ulysses"
+    )
+    assert cfg.attention_config.context_parallel == "ulysses"
+
+
+def test_model_without_sequence_axis_is_unchanged():
+    """context_parallel acts only under a mesh with a "sequence" axis of size > 1."""
+    import jax
+    from flax import nnx
+
+    from attention_jax import train as T
+    from attention_jax.nn import TransformerConfig, TransformerLM
+
+    def logits(cp):
+        cfg = TransformerConfig(
+            vocab_size=11, d_model=16, num_layers=1, num_heads=2, max_len=16, context_parallel=cp
+        )
+        model = TransformerLM(cfg, rngs=nnx.Rngs(0))
+        return model(jnp.arange(16)[None] % 11)
+
+    ref = logits(None)
+    chex.assert_trees_all_close(logits("ring"), ref)
+    mesh = T.make_mesh(sequence=1, devices=jax.devices()[:1])
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        chex.assert_trees_all_close(logits("ring"), ref)
+
+
+def test_make_mesh():
+    import jax
+
+    from attention_jax import train as T
+
+    mesh = T.make_mesh(devices=jax.devices()[:1])
+    assert mesh.axis_names == ("data", "sequence") and dict(mesh.shape) == {
+        "data": 1,
+        "sequence": 1,
+    }
+    assert T.sequence_size(mesh) == 1 and T.sequence_size(T.data_mesh()) == 1
+    with pytest.raises(ValueError, match="make_mesh: sequence must be an int >= 1 dividing"):
+        T.make_mesh(sequence=3, devices=jax.devices()[:1] * 2)
+    with pytest.raises(ValueError, match="make_mesh: data \\* sequence must equal the 1"):
+        T.make_mesh(data=2, devices=jax.devices()[:1])
+
+
 def test_on_8_host_devices():
     """tests/multidevice/ in a fresh interpreter with 8 host devices."""
     env = dict(

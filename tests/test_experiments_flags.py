@@ -77,12 +77,25 @@ def test_char_lm_failed_download_says_pass_data(tmp_path):
         (["--d-model", "130"], r"--d-model 130 must be divisible by --heads 4"),
         (["--kv-heads", "3"], r"--heads 4 must be divisible by --kv-heads 3"),
         (["--dropout", "1"], r"--dropout must be a number in \[0, 1\), got 1.0$"),
+        (["--context-parallel", "ring"], r"--context-parallel needs --mesh DATAxSEQUENCE"),
+        (["--mesh", "2by4"], r"--mesh must be DATAxSEQUENCE with positive sizes"),
+        (["--mesh", "1x4"], r"--mesh 1x4 splits sequences: choose --context-parallel$"),
+        (
+            ["--mesh", "2x4", "--context-parallel", "ring", "--block", "20"],
+            r"--block 20 must be divisible by 2 x the sequence axis = 8",
+        ),
     ],
 )
 def test_char_lm_bad_ranges_come_before_the_data(tmp_path, flags, pattern):
     # --data names no file: the flags are checked before it is looked at.
     line = run_bad("experiments/char_lm.py", "--data", "/nonexistent.txt", *flags, cwd=tmp_path)
     check(line, pattern)
+
+
+def test_char_lm_mesh_larger_than_the_job(tmp_path, text_file):
+    flags = ["--mesh", "2x4", "--context-parallel", "ring", "--block", "16"]
+    line = run_bad("experiments/char_lm.py", "--data", text_file, *flags, cwd=tmp_path)
+    check(line, r"--mesh 2x4 needs 8 devices, this job has 1 \(on one CPU: XLA_FLAGS=")
 
 
 def test_char_lm_block_longer_than_the_text(tmp_path, text_file):

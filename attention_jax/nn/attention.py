@@ -27,6 +27,7 @@ from attention_jax.nn.cache import AttentionCache, LatentCache, LayerCache
 from attention_jax.nn.checks import check_grid_positions
 from attention_jax.nn.config import CAUSAL_ONLY_ATTENTION, AttentionConfig
 from attention_jax.nn.positional import T5RelativeBias
+from attention_jax.parallel import DATA_AXIS, SEQUENCE_AXIS, context_parallel_attention
 from attention_jax.positional import alibi_bias, alibi_slopes, apply_rope, apply_rope_2d
 from attention_jax.variants import (
     differential_attention,
@@ -51,6 +52,17 @@ def _pad_last(x: jax.Array, size: int) -> jax.Array:
 def _map_out(out, f: Callable):
     """``f`` on the output of a core call that may also carry weights ``(out, weights)``."""
     return (f(out[0]), out[1]) if isinstance(out, tuple) else f(out)
+
+
+def _sequence_mesh(context_parallel: str | None, cached: bool):
+    """The ambient mesh (``jax.set_mesh``) when this call should run context-parallel: a
+    strategy is configured, no cache, and the mesh splits ``"sequence"`` over > 1 devices."""
+    if context_parallel is None or cached:
+        return None
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.shape.get(SEQUENCE_AXIS, 1) <= 1:
+        return None
+    return mesh
 
 
 def _sum_bias_fns(fns: list[Callable]) -> Callable | None:
@@ -722,6 +734,11 @@ class MultiHeadAttention(nnx.Module):
         """The core call of the layer's variant; ``[B, T, N, H]`` (and weights when sown)."""
         cfg = self.config
         kind = cfg.attention
+        mesh = _sequence_mesh(cfg.context_parallel, cached)
+        if mesh is not None:
+            return self._context_parallel(
+                q, k, v, mesh, key_value_seq_lengths, positions_given, options
+            )
         if kind == "softmax":
             return dot_product_attention(
                 q,
@@ -770,6 +787,45 @@ class MultiHeadAttention(nnx.Module):
             v,
             query_positions=query_positions if (cached or positions_given) else None,
             key_value_positions=key_value_positions if positions_given and not cached else None,
+        )
+
+    def _context_parallel(self, q, k, v, mesh, key_value_seq_lengths, positions_given, options):
+        """Self-attention with the sequence split over the mesh axis ``"sequence"``."""
+        fn = f"{type(self).__name__}(context_parallel={self.config.context_parallel!r})"
+        unsupported = {
+            "mask": options["mask"],
+            "query_seq_lengths": options["query_seq_lengths"],
+            "key_value_seq_lengths": key_value_seq_lengths,
+            "query_positions": options["query_positions"] if positions_given else None,
+        }
+        for name, value in unsupported.items():
+            if value is not None:
+                raise ValueError(
+                    f"{fn}: {name} cannot be sharded over the sequence axis (tokens are "
+                    f"placed by index; use segment_ids for packing), got {describe(value)}."
+                )
+        if options["return_weights"]:
+            raise ValueError(f"{fn}: sow_weights=True needs the materialized weights.")
+        if q.shape[1] != k.shape[1]:
+            raise ValueError(
+                f"{fn}: self-attention only (T == S), got query {describe(q)}, key {describe(k)}."
+            )
+        names = mesh.axis_names
+        batch_axis = DATA_AXIS if DATA_AXIS in names and mesh.shape[DATA_AXIS] > 1 else None
+        return context_parallel_attention(
+            q,
+            k,
+            v,
+            mesh=mesh,
+            axis=SEQUENCE_AXIS,
+            batch_axis=batch_axis,
+            strategy=self.config.context_parallel,
+            is_causal=options["is_causal"],
+            segment_ids=options["segment_ids"],
+            local_window_size=options["local_window_size"],
+            bias_fn=options["bias_fn"],
+            softcap=options["softcap"],
+            sinks=options["sinks"],
         )
 
     def _mla(self, q, x, query_positions, key_value_seq_lengths, cache, options):

@@ -31,6 +31,7 @@ from attention_jax._checks import (
 from attention_jax.dispatch import IMPLEMENTATIONS
 from attention_jax.nn.mlp import MLP_KINDS
 from attention_jax.normalizers import get_normalizer
+from attention_jax.parallel import CONTEXT_PARALLEL_STRATEGIES
 from attention_jax.positional import RopeScaling, check_t5_config, rotary_dim
 
 __all__ = [
@@ -148,11 +149,39 @@ def _check_attention(values: dict[str, Any], fn: str) -> dict[str, Any]:
     v["attention_dropout"] = check_rate(v["attention_dropout"], "attention_dropout", fn=fn)
     check_choice(v["implementation"], "implementation", (None, *IMPLEMENTATIONS), fn=fn)
     _check_variant(v, fn)
+    _check_context_parallel(v, fn)
     if v["positional"] == "rope_2d":
         _check_rope_2d(v, fn)
     v["dtype"] = _check_dtype(v["dtype"], "dtype", fn=fn, allow_none=True)
     v["param_dtype"] = _check_dtype(v["param_dtype"], "param_dtype", fn=fn, allow_none=False)
     return v
+
+
+def _check_context_parallel(v: dict[str, Any], fn: str) -> None:
+    """``context_parallel`` runs self-attention through
+    :func:`attention_jax.context_parallel_attention`, which is flash softmax attention with
+    the options it can shard (no weights, dropout, other normalizers or head mixing)."""
+    mode = check_choice(
+        v["context_parallel"], "context_parallel", (None, *CONTEXT_PARALLEL_STRATEGIES), fn=fn
+    )
+    if mode is None:
+        return
+    rules = {
+        "attention": "softmax",
+        "normalizer": "softmax",
+        "attention_dropout": 0.0,
+        "talking_heads": False,
+    }
+    for name, want in rules.items():
+        if v[name] != want:
+            raise ValueError(
+                f"{fn}: {name} must be {want!r} with context_parallel={mode!r} (the sharded "
+                f"path is flash softmax attention), got {describe(v[name])}."
+            )
+    if v["positional"] in ("rope_2d",):
+        raise ValueError(
+            f"{fn}: positional must be 1-D with context_parallel={mode!r}, got 'rope_2d'."
+        )
 
 
 def _check_rope_2d(v: dict[str, Any], fn: str) -> None:
@@ -292,6 +321,7 @@ class AttentionOptions:
     talking_heads: bool = False
     linear_chunk_size: int = 64
     conv_size: int | None = None
+    context_parallel: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -366,6 +396,12 @@ class AttentionConfig(AttentionOptions):
       linear_chunk_size: chunk of the chunkwise-parallel form of the linear mixers.
       conv_size: a short causal depthwise convolution (kernel ``conv_size``, then SiLU) on q, k
         and v of a linear mixer, as DeltaNet / Gated DeltaNet use (None: none).
+      context_parallel: None, ``"ring"``, ``"ulysses"`` or ``"all_gather"``: when the call
+        runs under a mesh (``jax.set_mesh``; :class:`attention_jax.train.TrainStep` sets its
+        own) whose axis ``"sequence"`` has more than one device, uncached self-attention goes
+        through :func:`attention_jax.context_parallel_attention` with that strategy (the
+        batch over ``"data"`` when the mesh has it); elsewhere it changes nothing. Softmax
+        attention only, without dense masks, sequence lengths or custom positions.
 
     The linear mixers (:class:`attention_jax.nn.LinearAttention`, :mod:`attention_jax.linear`;
     causal only; their cache is a fixed-size recurrent state):
@@ -478,6 +514,10 @@ class TransformerConfig(AttentionOptions):
       dtype: computation dtype (``jnp.bfloat16`` for mixed precision; softmax stays float32).
       param_dtype: parameter dtype.
       implementation: attention implementation passed to the core (None = choose).
+      context_parallel: None, ``"ring"``, ``"ulysses"`` or ``"all_gather"``: the strategy of
+        self-attention when the sequence is split over a mesh axis ``"sequence"`` (see
+        :class:`AttentionConfig`; :class:`attention_jax.train.TrainStep` on a mesh from
+        :func:`attention_jax.train.make_mesh`). Positions stay global.
       attention, kv_latent_dim, rope_head_dim, sinks, attention_gate, value_residual,
         talking_heads: the attention variant of every self-attention layer and its options
         (see :class:`AttentionConfig`); cross-attention layers stay plain softmax, and the

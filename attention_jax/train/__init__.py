@@ -25,13 +25,16 @@ from attention_jax.train.loss import cross_entropy, lm_loss, unpack_batch
 from attention_jax.train.optim import decay_mask, make_optimizer, make_schedule
 from attention_jax.train.sharding import (
     DATA_AXIS,
+    SEQUENCE_AXIS,
     batch_sharding,
     constrain_batch,
     data_mesh,
     fsdp_spec,
+    make_mesh,
     maybe_initialize_distributed,
     place,
     replicated,
+    sequence_size,
     state_shardings,
 )
 from attention_jax.train.step import TrainStep, make_eval_fn, step_key

@@ -1,7 +1,10 @@
-"""Data parallelism over a 1-D device mesh (axis ``"data"``), single- or multi-host.
+"""Data and context parallelism over a device mesh (axes ``"data"`` and ``"sequence"``),
+single- or multi-host.
 
 One code path for any number of devices: the batch is split along its first dimension
-over the mesh axis ``"data"`` and the training state is replicated, or, with
+over the mesh axis ``"data"`` (and, on a mesh with an axis ``"sequence"``, the tokens along
+the second over ``"sequence"``: context parallelism, see
+:func:`attention_jax.context_parallel_attention`) and the training state is replicated, or, with
 ``shard_params=True``, split FSDP-style along each array's largest dimension that the
 mesh size divides (XLA inserts the all-gathers and reduce-scatters). With one device the
 mesh has one entry and every sharding is trivial.
@@ -18,8 +21,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from attention_jax.parallel import DATA_AXIS, SEQUENCE_AXIS
+
 __all__ = [
     "DATA_AXIS",
+    "SEQUENCE_AXIS",
+    "make_mesh",
     "maybe_initialize_distributed",
     "data_mesh",
     "replicated",
@@ -27,10 +34,9 @@ __all__ = [
     "fsdp_spec",
     "state_shardings",
     "constrain_batch",
+    "sequence_size",
     "place",
 ]
-
-DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed() -> bool:
@@ -73,13 +79,55 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def make_mesh(*, data: int | None = None, sequence: int = 1, devices=None) -> Mesh:
+    """A 2-D mesh ``("data", "sequence")`` of ``data * sequence`` devices.
+
+    ``sequence > 1`` splits every sequence over that many devices (context parallelism:
+    models whose config sets ``context_parallel`` run their attention through
+    :func:`attention_jax.context_parallel_attention`); the batch is split over ``data``.
+    Devices are laid out with ``"sequence"`` fastest, so a sequence group stays within a
+    host where it can (its ring or all-to-all traffic is the heaviest).
+
+    Args:
+      data: size of the data axis (default: all devices / ``sequence``).
+      sequence: size of the sequence axis.
+      devices: the devices to use (default: all of the job's).
+
+    Raises:
+      ValueError: sizes that are not positive or do not match the number of devices.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    n = len(devices)
+    if not isinstance(sequence, int) or sequence < 1 or n % sequence:
+        raise ValueError(
+            f"make_mesh: sequence must be an int >= 1 dividing the {n} devices, got {sequence!r}."
+        )
+    if data is None:
+        data = n // sequence
+    if not isinstance(data, int) or data < 1 or data * sequence != n:
+        raise ValueError(
+            f"make_mesh: data * sequence must equal the {n} devices, got data={data!r}, "
+            f"sequence={sequence!r}."
+        )
+    grid = np.asarray(devices).reshape(data, sequence)
+    return Mesh(grid, (DATA_AXIS, SEQUENCE_AXIS))
+
+
+def sequence_size(mesh: Mesh) -> int:
+    """The size of the mesh's ``"sequence"`` axis (1 if it has none)."""
+    return dict(mesh.shape).get(SEQUENCE_AXIS, 1)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array."""
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """First dimension split over ``"data"``, the rest whole."""
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """First dimension split over ``"data"``; for arrays of ``ndim >= 2`` on a mesh with a
+    ``"sequence"`` axis, the second (the tokens) over it; the rest whole."""
+    if ndim >= 2 and sequence_size(mesh) > 1:
+        return NamedSharding(mesh, P(DATA_AXIS, SEQUENCE_AXIS))
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
@@ -110,7 +158,8 @@ def state_shardings(state, mesh: Mesh, *, shard_params: bool = False):
     Args:
       state: pytree of arrays (parameters and optimizer state alike: Adam's moments have
         the parameters' shapes, so they shard the same way).
-      mesh: a mesh from :func:`data_mesh`.
+      mesh: a mesh from :func:`data_mesh` or :func:`make_mesh` (replicated over
+        ``"sequence"``).
       shard_params: split each array per :func:`fsdp_spec` instead of replicating it.
 
     Returns:
@@ -159,9 +208,10 @@ def constrain_batch(batch, mesh: Mesh):
     by the number of devices.
     """
     n = mesh.shape[DATA_AXIS]
+    p = sequence_size(mesh)
 
     def leaf(x):
-        if n == 1:
+        if n == 1 and p == 1:
             return x
         if x.ndim == 0:
             return jax.lax.with_sharding_constraint(x, replicated(mesh))
@@ -170,6 +220,11 @@ def constrain_batch(batch, mesh: Mesh):
                 f"batch dimension {x.shape[0]} (array of shape {x.shape}) is not divisible "
                 f"by the {n} devices of the data mesh."
             )
-        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
+        if x.ndim >= 2 and p > 1 and x.shape[1] % p:
+            raise ValueError(
+                f"sequence dimension {x.shape[1]} (array of shape {x.shape}) is not divisible "
+                f"by the {p} devices of the mesh axis 'sequence'."
+            )
+        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
 
     return jax.tree.map(leaf, batch)

@@ -53,6 +53,12 @@ def _given_batch(step, data):
 
 def _make_step_fn(graphdef, treedef, batch_fn, loss_fn, mesh):
     def step_fn(leaves, step, data, rng):
+        # The mesh is visible to the model while tracing, so that layers configured for
+        # context parallelism find the "sequence" axis (jax.sharding.get_abstract_mesh).
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return traced_step(leaves, step, data, rng)
+
+    def traced_step(leaves, step, data, rng):
         model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
         batch = constrain_batch(batch_fn(step, data), mesh)
         key = None if rng is None else step_key(rng, step)
@@ -102,7 +108,9 @@ class TrainStep:
       loss_fn: ``loss_fn(model, batch, rng) -> (scalar loss, aux dict of scalars)``;
         ``rng`` is None unless a key is passed to :meth:`__call__`.
       mesh: device mesh with axis ``"data"`` (default: all devices). The batch is split
-        over it along its first dimension.
+        over it along its first dimension; on a mesh from :func:`make_mesh` with
+        ``sequence > 1`` the tokens are split over ``"sequence"`` too, and layers whose config
+        sets ``context_parallel`` shard their attention over it (positions stay global).
       shard_params: split parameters and optimizer state over the mesh (FSDP-style)
         instead of replicating them.
       donate: update the state buffers in place.
