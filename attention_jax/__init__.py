@@ -43,6 +43,7 @@ from attention_jax.normalizers import (
 )
 from attention_jax.parallel import (
     CONTEXT_PARALLEL_STRATEGIES,
+    all_gather_attention,
     context_parallel_attention,
     ring_attention,
     ring_block_counts,

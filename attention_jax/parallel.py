@@ -44,6 +44,7 @@ from attention_jax.flash import flash_attention, merge_attention
 
 __all__ = [
     "CONTEXT_PARALLEL_STRATEGIES",
+    "all_gather_attention",
     "DATA_AXIS",
     "SEQUENCE_AXIS",
     "context_parallel_attention",
@@ -555,11 +556,33 @@ def _local_heads(options: dict, first, heads: int, n: int) -> dict:
     return options
 
 
-def _all_gather_attention(
-    query, key, value, *, axis_name, load_balance=False, segment_ids=None, **options
-):
-    """All-gather K/V, then local flash attention (the simple baseline: O(T) memory)."""
-    fn = "context_parallel_attention"
+def all_gather_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    axis_name: str,
+    load_balance: bool = False,
+    segment_ids: jax.Array | None = None,
+    **options,
+) -> jax.Array:
+    """All-gather K/V over ``axis_name``, then local flash attention; call inside
+    :func:`jax.shard_map`. The simple baseline of context parallelism: K/V memory O(T) per
+    device, traffic ``(P - 1)`` shards of K and V per device.
+
+    Args:
+      query: ``[B, t, N, H]``, this device's shard of the sequence (``t = T / P``).
+      key, value: ``[B, t, K, H]``.
+      axis_name: the mesh axis the sequence is split over.
+      load_balance: the shards are in the zigzag layout (:func:`zigzag_reorder`).
+      segment_ids: ``[B, t]`` int, this device's shard.
+      **options: options of :func:`attention_jax.flash_attention` (``is_causal``,
+        ``bias_fn``, ...), applied at the true global positions.
+
+    Returns:
+      ``[B, t, N, H]``: this device's shard of the output.
+    """
+    fn = "all_gather_attention"
     query, key, value = _check_shards(query, key, value, fn)
     b, t = query.shape[:2]
     seg = _split_segments(segment_ids, fn, (b, t))
@@ -584,7 +607,7 @@ def _all_gather_attention(
 _STRATEGIES = {
     "ring": ring_attention,
     "ulysses": ulysses_attention,
-    "all_gather": _all_gather_attention,
+    "all_gather": all_gather_attention,
 }
 
 
