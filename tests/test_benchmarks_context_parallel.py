@@ -25,20 +25,18 @@ def run(*args):
 
 def test_tiny_run_writes_its_tables(tmp_path):
     proc = run(
-        "--out", tmp_path, "--seq-len", 256, "--long-seq-len", 512, "--devices", "1,2,4",
+        "--out", tmp_path, "--seq-len", 128, "--long-seq-len", 256, "--devices", "1,4",
         "--heads", 4, "--head-dim", 8,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["P"], r["strategy"]): r for r in result["rows"]}
-    assert set(rows) == {(1, "flash")} | {
-        (p, s) for p in (2, 4) for s in ("ring", "ulysses", "all_gather")
-    }
+    assert set(rows) == {(1, "flash")} | {(4, s) for s in ("ring", "ulysses", "all_gather")}
     # Arguments per device shrink with P: the inputs are really split.
     assert rows[4, "ring"]["argument_mb"] * 4 == rows[1, "flash"]["argument_mb"]
     # Ring traffic per device: K, V forward and K, V, dK, dV backward, P steps of T/P
     # tokens (plus the int32 positions that travel with them).
-    t, n, h = 256, 4, 8
+    t, n, h = 128, 4, 8
     kv = 6 * t * n * h * 4 / 1e6
     assert kv <= rows[4, "ring"]["sent_mb"] <= 1.03 * kv
     assert {b["load_balance"] for b in result["balance"]} == {True, False}

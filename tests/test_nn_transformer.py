@@ -157,6 +157,7 @@ VARIANT_FIELDS = (
     "linear_chunk_size",
     "conv_size",
     "layer_attention",
+    "context_parallel",  # needs plain softmax options: round-tripped in test_context_parallel
 )
 
 

@@ -84,7 +84,8 @@ def test_strategies_equal_flash(strategy, load_balance, is_causal):
     check(strategy, load_balance, num_kv_heads=kv, is_causal=is_causal)
 
 
-@pytest.mark.parametrize("strategy", ["ring", "ulysses"])
+# One strategy of each option test runs in `make test`, the other in `make test-all`.
+@pytest.mark.parametrize("strategy", ["ring", pytest.param("ulysses", marks=pytest.mark.slow)])
 def test_options_equal_flash(strategy):
     kv = N if strategy == "ulysses" else 1  # ring: multi-query attention
     seg = jnp.asarray(np.repeat(np.arange(4), T // 4)[None].repeat(B, 0))
@@ -96,7 +97,7 @@ def test_options_equal_flash(strategy):
     check(strategy, False, num_kv_heads=kv, softcap=5.0, scale=0.3)
 
 
-@pytest.mark.parametrize("strategy", ["ring", "ulysses"])
+@pytest.mark.parametrize("strategy", [pytest.param("ring", marks=pytest.mark.slow), "ulysses"])
 def test_mods_and_sinks_equal_flash(strategy):
     kv = N if strategy == "ulysses" else K
 
@@ -229,6 +230,7 @@ def test_context_parallel_layer_errors():
             jax.eval_shape(lambda x: layer(x, query_seq_lengths=jnp.array([3, 4])), x)
 
 
+@pytest.mark.slow
 def test_char_lm_on_a_2x4_mesh_with_ring_attention(tmp_path):
     """``char_lm.py --mesh 2x4 --context-parallel ring`` trains, evaluates and samples."""
     import json
