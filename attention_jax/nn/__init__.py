@@ -24,6 +24,7 @@ from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.encoder import TransformerClassifier, TransformerEncoder
 from attention_jax.nn.encoder_decoder import EncoderDecoder
 from attention_jax.nn.generation import generate, sample_logits
+from attention_jax.nn.hf import HF_MODEL_TYPES, load_hf_checkpoint, save_hf_checkpoint
 from attention_jax.nn.linear_attention import LinearAttention
 from attention_jax.nn.lm import TransformerLM
 from attention_jax.nn.mlp import MLP

@@ -41,13 +41,20 @@ def cross_attention_config(config: AttentionConfig) -> AttentionConfig:
 
 
 def make_norm(
-    kind: str, features: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs, fn: str = "make_norm"
+    kind: str,
+    features: int,
+    *,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+    eps: float = 1e-6,
+    fn: str = "make_norm",
 ):
     """``nnx.LayerNorm`` (``"layernorm"``) or ``nnx.RMSNorm`` (``"rmsnorm"``) over the last
-    axis of ``[..., features]``."""
+    axis of ``[..., features]``, with ``eps`` added to the variance."""
     check_choice(kind, "norm", NORMS, fn=fn)
     cls = nnx.LayerNorm if kind == "layernorm" else nnx.RMSNorm
-    return cls(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return cls(features, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class TransformerBlock(nnx.Module):
@@ -67,6 +74,7 @@ class TransformerBlock(nnx.Module):
       mlp_hidden: MLP hidden width (default ``4 * D``).
       mlp: ``"gelu"``, ``"swiglu"``, ``"relu"`` or ``"none"`` (no MLP sub-layer).
       norm: ``"layernorm"`` or ``"rmsnorm"``.
+      norm_eps: the norms' epsilon.
       prenorm: pre-norm (True) or post-norm (False).
       cross_attention: add a cross-attention sub-layer.
       dropout: residual dropout rate (attention-weight dropout is
@@ -82,6 +90,7 @@ class TransformerBlock(nnx.Module):
         mlp_hidden: int | None = None,
         mlp: str = "gelu",
         norm: str = "layernorm",
+        norm_eps: float = 1e-6,
         prenorm: bool = True,
         cross_attention: bool = False,
         dropout: float = 0.0,
@@ -100,7 +109,9 @@ class TransformerBlock(nnx.Module):
         dropout = check_rate(dropout, "dropout", fn=fn)
         cfg = attention_config
         self.prenorm = prenorm
-        norm_kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, fn=fn)
+        norm_kw = dict(
+            dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, eps=norm_eps, fn=fn
+        )
         self.attention_norm = make_norm(norm, d_model, **norm_kw)
         layer = LinearAttention if cfg.attention in LINEAR_ATTENTION else MultiHeadAttention
         self.attention = layer(d_model, cfg, layer_index=layer_index, rngs=rngs)
@@ -149,6 +160,7 @@ class TransformerBlock(nnx.Module):
             mlp_hidden=config.mlp_hidden,
             mlp=config.mlp,
             norm=config.norm,
+            norm_eps=config.norm_eps,
             prenorm=config.prenorm,
             cross_attention=cross_attention,
             dropout=config.dropout,

@@ -489,6 +489,8 @@ class TransformerConfig(AttentionOptions):
       t5_num_buckets, t5_max_distance: T5 bias options (valid for both directions: encoders
         use a bidirectional table, decoders a causal one).
       norm: ``"layernorm"`` or ``"rmsnorm"``.
+      norm_eps: epsilon of every norm (flax's 1e-6 by default; GPT-2 and BERT use 1e-5 and
+        1e-12, Llama 1e-5 or 1e-6: set it when loading their weights).
       mlp: ``"gelu"``, ``"swiglu"``, ``"relu"`` (the 2017 architecture) or ``"none"``
         (attention-only blocks, as Zoology's MQAR models).
       prenorm: pre-norm blocks with a final norm (True) or post-norm blocks (2017).
@@ -537,6 +539,7 @@ class TransformerConfig(AttentionOptions):
     dtype: Any = jnp.float32
     mlp_ratio: float = 4
     norm: str = "layernorm"
+    norm_eps: float = 1e-6
     mlp: str = "gelu"
     prenorm: bool = True
     dropout: float = 0.0
@@ -558,6 +561,7 @@ class TransformerConfig(AttentionOptions):
                 f"head_dim is None, got {self.d_model}."
             )
         check_positive(self.mlp_ratio, "mlp_ratio", fn=fn)
+        check_positive(self.norm_eps, "norm_eps", fn=fn)
         if int(self.mlp_ratio * self.d_model) < 1:
             raise ValueError(
                 f"{fn}: mlp_ratio must give an MLP width int(mlp_ratio * d_model) >= 1, "

@@ -77,6 +77,7 @@ def make_final_norm(config: TransformerConfig, rngs: nnx.Rngs):
         dtype=config.dtype,
         param_dtype=config.param_dtype,
         rngs=rngs,
+        eps=config.norm_eps,
     )
 
 
