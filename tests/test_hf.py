@@ -14,6 +14,7 @@ from flax import nnx
 
 from attention_jax.nn import (
     TransformerConfig,
+    TransformerEncoder,
     TransformerLM,
     generate,
     load_hf_checkpoint,
@@ -37,6 +38,27 @@ def test_logits_and_greedy_tokens_equal_transformers(name):
     if name in ("llama_tiny", "gpt2_tiny"):
         out = generate(model, jnp.asarray(e["tokens"][:1, :5]), 8, temperature=0.0)
         np.testing.assert_array_equal(np.asarray(out[:, 5:]), e["greedy"])
+
+
+def test_bert_last_hidden_state_equals_transformers():
+    model = load_hf_checkpoint(FIXTURES / "bert_tiny")
+    assert isinstance(model, TransformerEncoder)
+    cfg = model.config
+    assert (cfg.prenorm, cfg.embedding_norm, cfg.type_vocab_size, cfg.mlp, cfg.norm_eps) == (
+        False,
+        True,
+        2,
+        "gelu_exact",
+        1e-12,
+    )
+    e = expected("bert_tiny")
+    hidden = model(
+        jnp.asarray(e["tokens"]),
+        padding_mask=jnp.asarray(e["mask"], bool),
+        token_types=jnp.asarray(e["token_types"]),
+    )
+    valid = e["mask"].astype(bool)  # padded rows are not defined by either side
+    chex.assert_trees_all_close(np.asarray(hidden)[valid], e["hidden"][valid], atol=1e-4)
 
 
 def test_config_fields_are_mapped():
@@ -146,8 +168,12 @@ def edited(tmp_path, name, **changes):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"config.json model_type='bert'.*supported types"):
-        load_hf_checkpoint(edited(tmp_path, "gpt2_tiny", model_type="bert"))
+    with pytest.raises(ValueError, match=r"config.json model_type='t5'.*supported types"):
+        load_hf_checkpoint(edited(tmp_path, "gpt2_tiny", model_type="t5"))
+    with pytest.raises(ValueError, match=r"position_embedding_type='relative_key'"):
+        load_hf_checkpoint(
+            edited(tmp_path / "e", "bert_tiny", position_embedding_type="relative_key")
+        )
     bad_rope = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
     with pytest.raises(ValueError, match=r"rope_parameters.rope_type='dynamic'"):
         load_hf_checkpoint(edited(tmp_path, "llama_tiny", rope_parameters=bad_rope))
@@ -166,6 +192,12 @@ def test_errors(tmp_path):
         )
     with pytest.raises(ValueError, match=r"max_len=100 exceeds the 64 learned positions"):
         load_hf_checkpoint(FIXTURES / "gpt2_tiny", max_len=100)
+    encoder = TransformerEncoder(
+        TransformerConfig(vocab_size=7, d_model=8, num_layers=1, num_heads=2, max_len=8),
+        rngs=nnx.Rngs(0),
+    )
+    with pytest.raises(ValueError, match=r"token_types needs config.type_vocab_size > 0"):
+        encoder(jnp.zeros((1, 4), int), token_types=jnp.zeros((1, 4), int))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_hf_checkpoint(tmp_path / "nowhere")
     model = TransformerLM(

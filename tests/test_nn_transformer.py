@@ -183,6 +183,9 @@ def test_config_json_round_trip_every_field_non_default():
         t5_num_buckets=16,
         t5_max_distance=64,
         norm="rmsnorm",
+        norm_eps=1e-5,
+        embedding_norm=True,
+        type_vocab_size=2,
         mlp="swiglu",
         prenorm=False,
         dropout=0.1,
@@ -559,6 +562,6 @@ def test_block_and_mlp_messages():
         ajnn.TransformerBlock(D, N, rngs=nnx.Rngs(0))
     with pytest.raises(
         ValueError,
-        match=r"^MLP: kind must be one of \('gelu', 'swiglu', 'relu'\), got 'tanh'\.$",
+        match=r"^MLP: kind must be one of \('gelu', 'gelu_exact', 'swiglu', 'relu'\), got 'tanh'\.$",
     ):
         ajnn.MLP(D, F, kind="tanh", rngs=nnx.Rngs(0))

@@ -109,9 +109,7 @@ class TransformerBlock(nnx.Module):
         dropout = check_rate(dropout, "dropout", fn=fn)
         cfg = attention_config
         self.prenorm = prenorm
-        norm_kw = dict(
-            dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, eps=norm_eps, fn=fn
-        )
+        norm_kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, eps=norm_eps, fn=fn)
         self.attention_norm = make_norm(norm, d_model, **norm_kw)
         layer = LinearAttention if cfg.attention in LINEAR_ATTENTION else MultiHeadAttention
         self.attention = layer(d_model, cfg, layer_index=layer_index, rngs=rngs)

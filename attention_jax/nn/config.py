@@ -491,7 +491,11 @@ class TransformerConfig(AttentionOptions):
       norm: ``"layernorm"`` or ``"rmsnorm"``.
       norm_eps: epsilon of every norm (flax's 1e-6 by default; GPT-2 and BERT use 1e-5 and
         1e-12, Llama 1e-5 or 1e-6: set it when loading their weights).
-      mlp: ``"gelu"``, ``"swiglu"``, ``"relu"`` (the 2017 architecture) or ``"none"``
+      embedding_norm: a norm (of ``norm``'s kind) on the embeddings, after positions are
+        added (BERT's embedding LayerNorm).
+      type_vocab_size: > 0 adds a learned token-type embedding (BERT's segments A/B), read
+        from ``token_types [B, T]`` (0 when not given).
+      mlp: ``"gelu"`` (tanh), ``"gelu_exact"`` (erf), ``"swiglu"``, ``"relu"`` (the 2017 architecture) or ``"none"``
         (attention-only blocks, as Zoology's MQAR models).
       prenorm: pre-norm blocks with a final norm (True) or post-norm blocks (2017).
       dropout: residual and embedding dropout rate.
@@ -540,6 +544,8 @@ class TransformerConfig(AttentionOptions):
     mlp_ratio: float = 4
     norm: str = "layernorm"
     norm_eps: float = 1e-6
+    embedding_norm: bool = False
+    type_vocab_size: int = 0
     mlp: str = "gelu"
     prenorm: bool = True
     dropout: float = 0.0
@@ -562,6 +568,8 @@ class TransformerConfig(AttentionOptions):
             )
         check_positive(self.mlp_ratio, "mlp_ratio", fn=fn)
         check_positive(self.norm_eps, "norm_eps", fn=fn)
+        _check_bool(self.embedding_norm, "embedding_norm", fn=fn)
+        check_int(self.type_vocab_size, "type_vocab_size", fn=fn, minimum=0)
         if int(self.mlp_ratio * self.d_model) < 1:
             raise ValueError(
                 f"{fn}: mlp_ratio must give an MLP width int(mlp_ratio * d_model) >= 1, "

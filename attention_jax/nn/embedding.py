@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attention_jax.nn.block import make_norm
 from attention_jax.nn.config import TransformerConfig
 from attention_jax.nn.positional import LearnedPositionalEmbedding
 from attention_jax.positional import sinusoidal_encoding
@@ -44,6 +45,30 @@ class Embedder(nnx.Module):
             if config.positional == "learned"
             else None
         )
+        self.token_type = (
+            nnx.Embed(
+                config.type_vocab_size,
+                config.d_model,
+                dtype=config.dtype,
+                param_dtype=config.param_dtype,
+                rngs=rngs,
+            )
+            if config.type_vocab_size
+            else None
+        )
+        self.norm = (
+            make_norm(
+                config.norm,
+                config.d_model,
+                dtype=config.dtype,
+                param_dtype=config.param_dtype,
+                rngs=rngs,
+                eps=config.norm_eps,
+                fn="Embedder",
+            )
+            if config.embedding_norm
+            else None
+        )
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
     def __call__(
@@ -51,14 +76,21 @@ class Embedder(nnx.Module):
         tokens: jax.Array,
         positions: jax.Array,
         *,
+        token_types: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        """``tokens [B, T]``, ``positions [T]`` or ``[B, T]`` -> ``[B, T, D]`` in ``dtype``."""
+        """``tokens [B, T]``, ``positions [T]`` or ``[B, T]`` (and ``token_types [B, T]``
+        with ``config.type_vocab_size``; default all 0) -> ``[B, T, D]`` in ``dtype``."""
         x = self.token(tokens)
         if self.config.scale_embeddings:
             x = x * jnp.asarray(math.sqrt(self.config.d_model), x.dtype)
         x = self.add_positions(x, positions)
+        if self.token_type is not None:
+            types = jnp.zeros(tokens.shape, jnp.int32) if token_types is None else token_types
+            x = x + self.token_type(types).astype(x.dtype)
+        if self.norm is not None:
+            x = self.norm(x)
         return self.dropout(x, deterministic=deterministic, rngs=rngs)
 
     def add_positions(self, x: jax.Array, positions: jax.Array) -> jax.Array:

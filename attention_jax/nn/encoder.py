@@ -111,6 +111,7 @@ class TransformerEncoder(nnx.Module):
         padding_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        token_types: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         sow_weights: bool = False,
@@ -124,6 +125,8 @@ class TransformerEncoder(nnx.Module):
           padding_mask: ``[B, T]`` bool, True = real token (any padding layout).
           positions: ``[T]`` or ``[B, T]`` (default ``arange(T)``).
           segment_ids: ``[B, T]`` packed sequences.
+          token_types: ``[B, T]`` int in ``[0, type_vocab_size)`` (BERT's sentence A/B), with
+            ``config.type_vocab_size > 0``.
           deterministic, rngs, sow_weights: as in :meth:`TransformerLM.__call__`.
 
         Returns:
@@ -138,7 +141,27 @@ class TransformerEncoder(nnx.Module):
             positions, "positions", fn=fn, batch=tokens.shape[0], length=length
         )
         embed_positions = jnp.arange(length, dtype=jnp.int32) if positions is None else positions
-        x = self.embedder(tokens, embed_positions, deterministic=deterministic, rngs=rngs)
+        if token_types is not None:
+            if not self.config.type_vocab_size:
+                raise ValueError(
+                    f"{fn}: token_types needs config.type_vocab_size > 0, got token_types "
+                    f"{describe(token_types)}."
+                )
+            token_types = check_tokens(
+                token_types, "token_types", fn=fn, max_len=self.config.max_len
+            )
+            if token_types.shape != tokens.shape:
+                raise ValueError(
+                    f"{fn}: token_types must have the shape of tokens {tuple(tokens.shape)}, "
+                    f"got {describe(token_types)}."
+                )
+        x = self.embedder(
+            tokens,
+            embed_positions,
+            token_types=token_types,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
         return self.encode(
             x,
             positions=positions,

@@ -2,8 +2,10 @@
 
 :func:`load_hf_checkpoint` builds a :class:`TransformerLM` from what ``save_pretrained``
 writes, for the Llama family (``LlamaForCausalLM``; Mistral-shaped checkpoints with
-``model_type`` ``"mistral"`` too) and GPT-2 (``GPT2LMHeadModel``); :func:`save_hf_checkpoint`
-writes such a directory back. Only ``safetensors``' numpy API is used: no torch.
+``model_type`` ``"mistral"`` too) and GPT-2 (``GPT2LMHeadModel``), and a
+:class:`TransformerEncoder` for BERT (``BertModel`` / ``BertForMaskedLM``: post-norm,
+token-type embeddings, embedding LayerNorm, exact GELU); :func:`save_hf_checkpoint` writes
+Llama- and GPT-2-shaped models back. Only ``safetensors``' numpy API is used: no torch.
 
 Every field of ``config.json`` that changes the function the model computes is mapped to a
 :class:`TransformerConfig` field or refused with a ``ValueError`` naming it: nothing is
@@ -24,15 +26,17 @@ import numpy as np
 from flax import nnx
 
 from attention_jax.nn.config import TransformerConfig
+from attention_jax.nn.encoder import TransformerEncoder
 from attention_jax.nn.lm import TransformerLM
 from attention_jax.positional import RopeScaling
 
 __all__ = ["HF_MODEL_TYPES", "load_hf_checkpoint", "save_hf_checkpoint"]
 
-HF_MODEL_TYPES = ("llama", "mistral", "gpt2")
+HF_MODEL_TYPES = ("llama", "mistral", "gpt2", "bert")
 
 _LLAMA_ACTS = ("silu", "swish")
 _GPT2_ACTS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+_BERT_ACTS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
 
 
 def _error(field: str, value: Any, why: str) -> ValueError:
@@ -174,6 +178,73 @@ def _gpt2_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
     )
 
 
+def _bert_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
+    act = cfg.get("hidden_act", "gelu")
+    if act not in _BERT_ACTS:
+        raise _error("hidden_act", act, f"supported activations are {tuple(_BERT_ACTS)}")
+    kind = cfg.get("position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise _error("position_embedding_type", kind, "only 'absolute' is supported")
+    if cfg.get("is_decoder") or cfg.get("add_cross_attention"):
+        raise _error("is_decoder", True, "BERT loads as an encoder only")
+    d = cfg["hidden_size"]
+    positions = cfg["max_position_embeddings"]
+    if max_len is not None and max_len > positions:
+        raise ValueError(
+            f"load_hf_checkpoint: max_len={max_len} exceeds the {positions} learned positions "
+            "of this BERT checkpoint."
+        )
+    return TransformerConfig(
+        vocab_size=cfg["vocab_size"],
+        d_model=d,
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=cfg["num_attention_heads"],
+        max_len=max_len or positions,
+        positional="learned",
+        norm="layernorm",
+        norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+        prenorm=False,
+        embedding_norm=True,
+        type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+        mlp=_BERT_ACTS[act],
+        mlp_ratio=cfg["intermediate_size"] / d,
+        use_bias=True,
+        dtype=dtype or jnp.float32,
+    )
+
+
+def _bert_params(config: TransformerConfig, tensors: dict, get) -> dict[str, np.ndarray]:
+    pre = "bert." if any(k.startswith("bert.") for k in tensors) else ""
+    e = f"{pre}embeddings."
+    p = {
+        "embedder.token.embedding": get(f"{e}word_embeddings.weight"),
+        "embedder.position.embedding": get(f"{e}position_embeddings.weight")[: config.max_len],
+        "embedder.token_type.embedding": get(f"{e}token_type_embeddings.weight"),
+        "embedder.norm.scale": get(f"{e}LayerNorm.weight"),
+        "embedder.norm.bias": get(f"{e}LayerNorm.bias"),
+    }
+    for i in range(config.num_layers):
+        ours, hf = f"blocks.{i}.", f"{pre}encoder.layer.{i}."
+        linears = {
+            "attention.query": "attention.self.query",
+            "attention.key": "attention.self.key",
+            "attention.value": "attention.self.value",
+            "attention.out": "attention.output.dense",
+            "mlp.up": "intermediate.dense",
+            "mlp.down": "output.dense",
+        }
+        for a, h in linears.items():
+            p[f"{ours}{a}.kernel"] = get(f"{hf}{h}.weight").T  # torch Linear: [out, in]
+            p[f"{ours}{a}.bias"] = get(f"{hf}{h}.bias")
+        for a, h in (
+            ("attention_norm", "attention.output.LayerNorm"),
+            ("mlp_norm", "output.LayerNorm"),
+        ):
+            p[f"{ours}{a}.scale"] = get(f"{hf}{h}.weight")
+            p[f"{ours}{a}.bias"] = get(f"{hf}{h}.bias")
+    return p
+
+
 def _llama_names(config: TransformerConfig) -> dict[str, tuple[str, bool]]:
     """Our parameter path -> (HF tensor name, transposed)."""
     names = {"embedder.token.embedding": ("model.embed_tokens.weight", False)}
@@ -207,6 +278,8 @@ def _load_params(
             raise ValueError(f"load_hf_checkpoint: the checkpoint has no tensor {name!r}.")
         return np.asarray(tensors[name])
 
+    if model_type == "bert":
+        return _bert_params(config, tensors, get)
     if model_type != "gpt2":
         return {k: (get(n).T if t else get(n)) for k, (n, t) in _llama_names(config).items()}
     d = config.d_model
@@ -246,8 +319,11 @@ def _model_type(cfg: dict) -> str:
 
 def load_hf_checkpoint(
     path: str | os.PathLike, *, dtype=None, max_len: int | None = None
-) -> TransformerLM:
-    """A :class:`TransformerLM` with the weights of a Hugging Face checkpoint directory.
+) -> TransformerLM | TransformerEncoder:
+    """A model with the weights of a Hugging Face checkpoint directory: a
+    :class:`TransformerLM` for ``model_type`` ``"llama"``, ``"mistral"`` and ``"gpt2"``, a
+    :class:`TransformerEncoder` for ``"bert"`` (``BertModel`` or ``BertForMaskedLM``
+    weights; its output is BERT's last hidden state, the pooler and MLM head are not read).
 
     Args:
       path: a directory with ``config.json`` and ``model.safetensors`` (or a sharded
@@ -259,7 +335,9 @@ def load_hf_checkpoint(
 
     Returns:
       The model: ``model(tokens [B, T]) -> logits [B, T, V]``, the logits of
-      ``transformers``' model of the checkpoint (float32 within 1e-4).
+      ``transformers``' model of the checkpoint (float32 within 1e-4); for BERT
+      ``model(tokens, padding_mask=attention_mask, token_types=token_type_ids) ->
+      [B, T, D]``, its last hidden state.
 
     Raises:
       FileNotFoundError: no ``config.json`` or weights in ``path``.
@@ -270,10 +348,11 @@ def load_hf_checkpoint(
     path = Path(path)
     cfg = _read_config(path)
     model_type = _model_type(cfg)
-    build = _gpt2_config if model_type == "gpt2" else _llama_config
+    build = {"gpt2": _gpt2_config, "bert": _bert_config}.get(model_type, _llama_config)
     config = build(cfg, dtype, max_len)
     tensors = _read_tensors(path)
-    model = nnx.eval_shape(lambda: TransformerLM(config, rngs=nnx.Rngs(0)))
+    cls = TransformerEncoder if model_type == "bert" else TransformerLM
+    model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     arrays = _load_params(config, model_type, tensors)
     state = nnx.state(model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))

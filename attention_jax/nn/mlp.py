@@ -12,7 +12,7 @@ from attention_jax._checks import check_choice
 
 __all__ = ["MLP", "MLP_KINDS"]
 
-MLP_KINDS = ("gelu", "swiglu", "relu")
+MLP_KINDS = ("gelu", "gelu_exact", "swiglu", "relu")
 
 
 class MLP(nnx.Module):
@@ -24,7 +24,8 @@ class MLP(nnx.Module):
     Args:
       features: ``D``.
       hidden_features: ``F``.
-      kind: ``"gelu"``, ``"swiglu"`` or ``"relu"``.
+      kind: ``"gelu"`` (tanh approximation, GPT-2's), ``"gelu_exact"`` (the erf form,
+        BERT's), ``"swiglu"`` or ``"relu"``.
       use_bias: biases in the projections.
       dtype, param_dtype: computation and parameter dtypes.
       rngs: ``nnx.Rngs``.
@@ -52,8 +53,8 @@ class MLP(nnx.Module):
         """``x [..., D]`` -> ``[..., D]``."""
         if self.kind == "swiglu":
             h = jax.nn.silu(self.gate(x)) * self.up(x)
-        elif self.kind == "gelu":
-            h = jax.nn.gelu(self.up(x))
+        elif self.kind in ("gelu", "gelu_exact"):
+            h = jax.nn.gelu(self.up(x), approximate=self.kind == "gelu")
         else:
             h = jax.nn.relu(self.up(x))
         return self.down(h)
