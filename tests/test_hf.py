@@ -22,7 +22,14 @@ from attention_jax.nn import (
 )
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "hf"
-NAMES = ["llama_tiny", "llama_tied_linear_rope", "llama_yarn_head_dim", "gpt2_tiny"]
+NAMES = [
+    "llama_tiny",
+    "llama_tied_linear_rope",
+    "llama_yarn_head_dim",
+    "mistral_window",  # sliding window of 4 over 12 tokens
+    "qwen2_tiny",  # q/k/v biases, tied head
+    "gpt2_tiny",
+]
 
 
 def expected(name):
@@ -35,7 +42,7 @@ def test_logits_and_greedy_tokens_equal_transformers(name):
     e = expected(name)
     logits = model(jnp.asarray(e["tokens"]))
     chex.assert_trees_all_close(logits, e["logits"], atol=1e-4, rtol=1e-4)
-    if name in ("llama_tiny", "gpt2_tiny"):
+    if name in ("llama_tiny", "mistral_window", "qwen2_tiny", "gpt2_tiny"):
         out = generate(model, jnp.asarray(e["tokens"][:1, :5]), 8, temperature=0.0)
         np.testing.assert_array_equal(np.asarray(out[:, 5:]), e["greedy"])
 
@@ -179,6 +186,8 @@ def test_errors(tmp_path):
         load_hf_checkpoint(edited(tmp_path, "llama_tiny", rope_parameters=bad_rope))
     with pytest.raises(ValueError, match=r"hidden_act='gelu'"):
         load_hf_checkpoint(edited(tmp_path / "a", "llama_tiny", hidden_act="gelu"))
+    with pytest.raises(ValueError, match=r"use_sliding_window=True: per-layer"):
+        load_hf_checkpoint(edited(tmp_path / "f", "qwen2_tiny", use_sliding_window=True))
     with pytest.raises(ValueError, match=r"attention_bias=True"):
         load_hf_checkpoint(edited(tmp_path / "b", "llama_tiny", attention_bias=True))
     with pytest.raises(

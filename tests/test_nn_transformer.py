@@ -193,6 +193,7 @@ def test_config_json_round_trip_every_field_non_default():
         tie_embeddings=False,
         scale_embeddings=True,
         use_bias=True,
+        qkv_bias=True,
         qk_norm=True,
         normalizer="sigmoid",
         softcap=50.0,

@@ -156,9 +156,10 @@ class MultiHeadAttention(nnx.Module):
             # No bias: the absorbed decoding path multiplies the latent by these weights.
             self.kv_up = nnx.Linear(c, n * 2 * h, **{**kw, "use_bias": False})  # [k, v]
         else:
-            self.query = nnx.Linear(in_features, n * h, **kw)
-            self.key = nnx.Linear(context_features, k * h, **kw)
-            self.value = nnx.Linear(context_features, k * h, **kw)
+            qkv = {**kw, "use_bias": config.use_bias or config.qkv_bias}
+            self.query = nnx.Linear(in_features, n * h, **qkv)
+            self.key = nnx.Linear(context_features, k * h, **qkv)
+            self.value = nnx.Linear(context_features, k * h, **qkv)
             self.kv_down = self.kv_norm = self.kv_up = None
         self.out = nnx.Linear(n * h, out_features, **kw)
         if config.qk_norm:

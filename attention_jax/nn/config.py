@@ -84,6 +84,7 @@ _LINEAR_UNSUPPORTED = {
     "local_window_size": None,
     "implementation": None,
     "qk_norm": False,
+    "qkv_bias": False,
     "attention_gate": None,
     "value_residual": False,
 }
@@ -91,7 +92,7 @@ _UNSUPPORTED = {
     "differential": _SOFTMAX_ONLY,
     "forgetting": {**_SOFTMAX_ONLY, "local_window_size": None},
     "stick_breaking": {**_SOFTMAX_ONLY, "local_window_size": None, "implementation": None},
-    "mla": {"qk_norm": False, "value_residual": False},
+    "mla": {"qk_norm": False, "value_residual": False, "qkv_bias": False},
     **{kind: _LINEAR_UNSUPPORTED for kind in LINEAR_ATTENTION},
 }
 
@@ -141,7 +142,7 @@ def _check_attention(values: dict[str, Any], fn: str) -> dict[str, Any]:
     v["t5_bidirectional"] = _check_bool(v["t5_bidirectional"], "t5_bidirectional", fn=fn)
     if v["positional"] == "t5":
         check_t5_config(v["t5_num_buckets"], v["t5_max_distance"], v["t5_bidirectional"], fn)
-    for name in ("qk_norm", "use_bias"):
+    for name in ("qk_norm", "use_bias", "qkv_bias"):
         v[name] = _check_bool(v[name], name, fn=fn)
     get_normalizer(v["normalizer"], fn=fn)
     v["softcap"] = check_softcap(v["softcap"], fn=fn)
@@ -309,6 +310,7 @@ class AttentionOptions:
     local_window_size: int | tuple[int, int] | None = None
     attention_dropout: float = 0.0
     use_bias: bool = False
+    qkv_bias: bool = False
     implementation: str | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -355,6 +357,8 @@ class AttentionConfig(AttentionOptions):
         pair.
       attention_dropout: attention-weight dropout rate in ``[0, 1)``.
       use_bias: biases in the q, k, v and output projections.
+      qkv_bias: biases in the q, k and v projections only (Qwen2); ``use_bias`` adds them
+        everywhere.
       implementation: the core's attention path (None = choose; see
         :func:`attention_jax.select_implementation`).
       dtype: computation dtype of the projections (None: from inputs and params). With
@@ -503,6 +507,7 @@ class TransformerConfig(AttentionOptions):
       tie_embeddings: logits use the token embedding (``x @ E^T``) instead of a separate head.
       scale_embeddings: multiply token embeddings by ``sqrt(D)`` (2017).
       use_bias: biases in the attention and MLP projections.
+      qkv_bias: biases in the q, k, v projections only (Qwen2).
       qk_norm: RMSNorm on q and k heads.
       normalizer: attention normalizer name or callable.
       softcap: optional attention-logit softcap.

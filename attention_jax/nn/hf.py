@@ -1,8 +1,8 @@
 """Hugging Face checkpoints in and out: ``config.json`` + ``model.safetensors`` directories.
 
 :func:`load_hf_checkpoint` builds a :class:`TransformerLM` from what ``save_pretrained``
-writes, for the Llama family (``LlamaForCausalLM``; Mistral-shaped checkpoints with
-``model_type`` ``"mistral"`` too) and GPT-2 (``GPT2LMHeadModel``), and a
+writes, for the Llama family (``LlamaForCausalLM``; ``"mistral"`` with its sliding window and
+``"qwen2"`` with its q/k/v biases too) and GPT-2 (``GPT2LMHeadModel``), and a
 :class:`TransformerEncoder` for BERT (``BertModel`` / ``BertForMaskedLM``: post-norm,
 token-type embeddings, embedding LayerNorm, exact GELU); :func:`save_hf_checkpoint` writes
 Llama- and GPT-2-shaped models back. Only ``safetensors``' numpy API is used: no torch.
@@ -32,7 +32,7 @@ from attention_jax.positional import RopeScaling
 
 __all__ = ["HF_MODEL_TYPES", "load_hf_checkpoint", "save_hf_checkpoint"]
 
-HF_MODEL_TYPES = ("llama", "mistral", "gpt2", "bert")
+HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2", "bert")
 
 _LLAMA_ACTS = ("silu", "swish")
 _GPT2_ACTS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -114,9 +114,11 @@ def _llama_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
     base, scaling = _rope_scaling(cfg)
     params = cfg.get("rope_parameters") or {}
     fraction = float(params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
-    window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" else None
-    if cfg.get("use_sliding_window") is False:
-        window = None
+    kind = cfg.get("model_type")
+    window = cfg.get("sliding_window") if kind == "mistral" else None
+    if kind == "qwen2" and cfg.get("use_sliding_window"):
+        # Qwen2 windows only the layers from max_window_layers on.
+        raise _error("use_sliding_window", True, "per-layer sliding windows are not supported")
     ratio = cfg["intermediate_size"] / d
     if int(ratio * d) != cfg["intermediate_size"]:
         raise _error("intermediate_size", cfg["intermediate_size"], "not expressible as a ratio")
@@ -138,6 +140,7 @@ def _llama_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
         mlp_ratio=ratio,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         use_bias=False,
+        qkv_bias=kind == "qwen2",  # Qwen2: q, k, v projections with biases, o without
         # Mistral's window: a query sees itself and the sliding_window - 1 tokens before it.
         local_window_size=None if window is None else (int(window) - 1, 0),
         dtype=dtype or jnp.float32,
@@ -260,6 +263,9 @@ def _llama_names(config: TransformerConfig) -> dict[str, tuple[str, bool]]:
             ("out", "o_proj"),
         ):
             names[f"{ours}attention.{a}.kernel"] = (f"{hf}self_attn.{b}.weight", True)
+        if config.qkv_bias:
+            for a, b in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+                names[f"{ours}attention.{a}.bias"] = (f"{hf}self_attn.{b}.bias", False)
         for a in ("gate", "up", "down"):
             names[f"{ours}mlp.{a}.kernel"] = (f"{hf}mlp.{a}_proj.weight", True)
         names[f"{ours}attention_norm.scale"] = (f"{hf}input_layernorm.weight", False)
@@ -321,7 +327,8 @@ def load_hf_checkpoint(
     path: str | os.PathLike, *, dtype=None, max_len: int | None = None
 ) -> TransformerLM | TransformerEncoder:
     """A model with the weights of a Hugging Face checkpoint directory: a
-    :class:`TransformerLM` for ``model_type`` ``"llama"``, ``"mistral"`` and ``"gpt2"``, a
+    :class:`TransformerLM` for ``model_type`` ``"llama"``, ``"mistral"``, ``"qwen2"`` and
+    ``"gpt2"``, a
     :class:`TransformerEncoder` for ``"bert"`` (``BertModel`` or ``BertForMaskedLM``
     weights; its output is BERT's last hidden state, the pooler and MLM head are not read).
 
