@@ -17,6 +17,10 @@ stick_breaking      ``--attention stick_breaking --positional none``            
 mla                 ``--attention mla --kv-latent-dim 64 --rope-head-dim 16``           DeepSeek-V2 2024
 value_residual      ``--value-residual``                                              Zhou 2024
 talking_heads       ``--talking-heads``                                               Shazeer 2020
+gated_deltanet      ``--attention gated_deltanet --positional none --conv-size 4       Yang 2024
+                    --mlp-ratio 3.5``
+hybrid_3to1         ``--layer-attention gated_deltanet,gated_deltanet,gated_deltanet,   Yang 2024
+                    softmax --conv-size 4 --mlp-ratio 3.625``
 ==================  ===============================================================  =========
 
 (all with ``--positional rope`` unless shown otherwise). Parameter counts are matched: the
@@ -68,6 +72,27 @@ VARIANTS = {
     "mla": [*ROPE, "--attention", "mla", "--kv-latent-dim", "64", "--rope-head-dim", "16"],
     "value_residual": [*ROPE, "--value-residual"],
     "talking_heads": [*ROPE, "--talking-heads"],
+    # Linear attention (attention_jax.linear): Gated DeltaNet, and a 3:1 hybrid with one
+    # softmax layer on top. Their output gate (D^2 per linear layer) is taken back from the
+    # MLPs, as for the elementwise gate.
+    "gated_deltanet": [
+        *NOPE,
+        "--attention",
+        "gated_deltanet",
+        "--conv-size",
+        "4",
+        "--mlp-ratio",
+        "3.5",
+    ],
+    "hybrid_3to1": [
+        *ROPE,
+        "--layer-attention",
+        "gated_deltanet,gated_deltanet,gated_deltanet,softmax",
+        "--conv-size",
+        "4",
+        "--mlp-ratio",
+        "3.625",
+    ],
 }
 PAPERS = {
     "softmax": "Vaswani et al. 2017 + RoPE (Su et al. 2021)",
@@ -80,6 +105,8 @@ PAPERS = {
     "mla": "DeepSeek-V2 2024, multi-head latent attention",
     "value_residual": "Zhou et al. 2024, value residual",
     "talking_heads": "Shazeer et al. 2020, talking heads",
+    "gated_deltanet": "Yang, Kautz & Hatamizadeh 2024, Gated DeltaNet (NoPE)",
+    "hybrid_3to1": "3 Gated DeltaNet layers + 1 softmax layer (RoPE)",
 }
 EXTRAPOLATION_ARMS = "rope,alibi,forgetting,stick_breaking"
 

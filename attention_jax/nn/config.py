@@ -517,7 +517,7 @@ class TransformerConfig(AttentionOptions):
       layer_attention: None, or one attention kind per layer (``num_layers`` entries) for
         hybrids such as ``("gated_deltanet", "gated_deltanet", "gated_deltanet", "softmax")``;
         each layer takes the model's other attention options (linear layers without
-        positional encoding). ``attention`` is then the kind of any further layer.
+        positional encoding, softmax layers without ``conv_size``). ``attention`` is then the kind of any further layer.
       num_classes: classes of :class:`TransformerClassifier`.
       pooling: classifier pooling, ``"cls"`` (a learned token prepended at position 0),
         ``"mean"`` (over unpadded tokens) or ``"attention"`` (:func:`attention_jax.attention_pool`
@@ -609,11 +609,18 @@ class TransformerConfig(AttentionOptions):
             self.positional if self.positional in POSITIONAL_IN_ATTENTION else "none"
         )
 
+        hybrid = self.layer_attention is not None
+
         def layer_config(kind: str) -> AttentionConfig:
             # Linear mixers carry order in their recurrence: their layers get no positional
-            # encoding (the softmax layers of a hybrid keep the model's).
-            pos = "none" if kind in LINEAR_ATTENTION else values["positional"]
-            return AttentionConfig.checked(fn, **{**values, "attention": kind, "positional": pos})
+            # encoding (the softmax layers of a hybrid keep the model's), and the short
+            # convolution of a hybrid's linear layers is theirs alone.
+            linear = kind in LINEAR_ATTENTION
+            pos = "none" if linear else values["positional"]
+            conv = values["conv_size"] if linear or not hybrid else None
+            return AttentionConfig.checked(
+                fn, **{**values, "attention": kind, "positional": pos, "conv_size": conv}
+            )
 
         attention = layer_config(self.attention)
         if self.positional == "t5":  # decoders use a causal table
