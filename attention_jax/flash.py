@@ -44,7 +44,13 @@ from attention_jax.flex import (
 )
 from attention_jax.masks import attention_mask, combine_masks
 
-__all__ = ["flash_attention", "merge_attention", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
+__all__ = [
+    "flash_attention",
+    "flash_attention_backward_at",
+    "merge_attention",
+    "DEFAULT_BLOCK_Q",
+    "DEFAULT_BLOCK_K",
+]
 
 # Chosen by the sweep recorded in benchmarks/RESULTS.md (2-core x86 CPU, float32).
 DEFAULT_BLOCK_Q = 512
@@ -468,6 +474,26 @@ def _flash_core_fwd(cfg, q, k, v, bias, sinks, consts, aux, mask_consts):
 _flash_core.defvjp(_flash_core_fwd, _backward)
 
 
+# The backward pass at given residuals: the forward returns the output and log-sum-exp it is
+# handed (no work) and the VJP is flash attention's backward at them. With the residuals of
+# attention over a larger key set (ring attention's merged result), the VJP is this key
+# block's exact share of the gradient, with nothing recomputed.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash_given(cfg, q, k, v, bias, sinks, consts, aux, mask_consts, out, lse):
+    return out, lse
+
+
+def _flash_given_fwd(cfg, q, k, v, bias, sinks, consts, aux, mask_consts, out, lse):
+    return (out, lse), (q, k, v, bias, sinks, consts, aux, mask_consts, out, lse)
+
+
+def _flash_given_bwd(cfg, res, cotangents):
+    return (*_backward(cfg, res, cotangents), None, None)
+
+
+_flash_given.defvjp(_flash_given_fwd, _flash_given_bwd)
+
+
 # ----------------------------------------------------------------------------------------
 # Public API.
 # ----------------------------------------------------------------------------------------
@@ -713,6 +739,48 @@ def flash_attention(
     return (out, lse) if return_residuals else out
 
 
+def flash_attention_backward_at(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    *,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    **options,
+) -> tuple[jax.Array, jax.Array]:
+    """Flash attention's backward pass at given residuals, as a differentiable function.
+
+    Returns ``(out, lse)`` unchanged and computes nothing forward; its VJP with respect to
+    ``query``, ``key``, ``value`` (and arrays that ``bias_fn`` / ``score_mod`` close over)
+    is the backward pass of :func:`flash_attention` with ``out`` and ``lse`` as residuals.
+    Given the output and log-sum-exp of attention over a *larger* key set that contains
+    these keys, the weights ``exp(s - lse)`` are the final ones and the VJP is exactly this
+    key set's share of the gradient: how ring attention runs its backward ring without
+    recomputing any forward block.
+
+    Args:
+      query: ``[B, T, N, H]``.
+      key, value: ``[B, S, K, H]``.
+      out: ``[B, T, N, H]``, the (merged) attention output.
+      lse: ``[B, N, T]`` float32, its log-sum-exp (``-inf`` for rows with no key).
+      block_q, block_k, **options: as in :func:`flash_attention` (no ``return_residuals``).
+
+    Returns:
+      ``(out, lse)``, the same arrays.
+    """
+    inp = canonicalize_attention_inputs(query, key, value, **options, fn="flash_attention")
+    if inp.unbatched:
+        raise ValueError(
+            "flash_attention_backward_at: query must be batched [B, T, N, H], got "
+            f"{_checks.describe(query)}."
+        )
+    return flash_attention_canonical(
+        inp, block_q=block_q, block_k=block_k, fn="flash_attention", residuals=(out, lse)
+    )
+
+
 def _block_sizes(inp: AttentionInputs, block_q, block_k, fn: str) -> tuple[int, int]:
     """The flash block sizes: explicit ones, else the block mask's, else the defaults."""
     if block_q is not None:
@@ -739,6 +807,7 @@ def flash_attention_canonical(
     block_q: int | None = None,
     block_k: int | None = None,
     fn: str = "dot_product_attention",
+    residuals: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`flash_attention` on validated inputs (the entry point of the dispatcher).
 
@@ -747,6 +816,9 @@ def flash_attention_canonical(
         (batched; ``inp.unbatched`` is ignored).
       block_q, block_k: as in :func:`flash_attention`.
       fn: the public function named in error messages.
+      residuals: None, or a given ``(out [B, T, N, H], lse [B, N, T])``: then nothing is
+        computed, they are returned as they are, and the VJP is flash attention's backward
+        pass at them (see :func:`flash_attention_backward_at`).
 
     Returns:
       ``(out, lse)``: ``[B, T, N, H]`` in the query dtype and float32 ``[B, N, T]``.
@@ -754,10 +826,22 @@ def flash_attention_canonical(
     b, t, s, n, kh, h = inp.dims
     if t == 0 or s == 0:
         _block_sizes(inp, block_q, block_k, fn)
-        return _empty_result(inp)
+        return _empty_result(inp) if residuals is None else residuals
     cfg, q, k, v, bias_int, consts, aux, mask_consts = _setup(inp, block_q, block_k, fn)
-    out, lse = _flash_core(cfg, q, k, v, bias_int, inp.sinks, consts, aux, mask_consts)
     nq, bq, g, tp = cfg.nq, cfg.bq, cfg.groups, cfg.nq * cfg.bq
+    if residuals is None:
+        out, lse = _flash_core(cfg, q, k, v, bias_int, inp.sinks, consts, aux, mask_consts)
+    else:
+        # [B, T, N, H] -> [nq, B, K, bq * G, H] and [B, N, T] -> [nq, B, K, bq * G]; padded
+        # query rows get lse = -inf (no key: zero weights) and, by autodiff, zero dO.
+        out_u, lse_u = residuals
+        out_i = _pad_axis(out_u, 1, tp).reshape(b, nq, bq, kh, g, h)
+        out_i = out_i.transpose(1, 0, 3, 2, 4, 5).reshape(nq, b, kh, bq * g, h)
+        lse_i = _pad_axis(lse_u.astype(cfg.acc), 2, tp, -jnp.inf).reshape(b, kh, g, nq, bq)
+        lse_i = lse_i.transpose(3, 0, 1, 4, 2).reshape(nq, b, kh, bq * g)
+        out, lse = _flash_given(
+            cfg, q, k, v, bias_int, inp.sinks, consts, aux, mask_consts, out_i, lse_i
+        )
     # [nq, B, K, bq * G, H] -> [B, T, N, H]; lse [nq, B, K, bq * G] -> [B, N, T].
     out = out.reshape(nq, b, kh, bq, g, h).transpose(1, 0, 3, 2, 4, 5).reshape(b, tp, n, h)
     lse = lse.reshape(nq, b, kh, bq, g).transpose(1, 2, 4, 0, 3).reshape(b, n, tp)

@@ -40,7 +40,7 @@ from jax import lax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from attention_jax import _checks
-from attention_jax.flash import flash_attention, merge_attention
+from attention_jax.flash import flash_attention, flash_attention_backward_at, merge_attention
 
 __all__ = [
     "CONTEXT_PARALLEL_STRATEGIES",
@@ -253,13 +253,41 @@ def ring_attention(
             **options,
         )
 
+    def block_given(q, k, v, q_pos, q_seg, kv_pos, kv_seg, out, lse):
+        """The same block at the merged ``(out, lse)``: its VJP is the block's exact share
+        of the gradient (the backward ring recomputes no forward block)."""
+        return flash_attention_backward_at(
+            q,
+            k,
+            v,
+            out,
+            lse,
+            query_positions=q_pos,
+            key_value_positions=kv_pos,
+            segment_ids=None if seg is None else (q_seg, kv_seg),
+            **options,
+        )
+
     # Arrays that bias_fn / score_mod / mask_mod close over become explicit arguments, so
     # the custom VJP can return their gradients (a learned T5 table, ALiBi slopes...).
     seg0 = seg if seg is not None else jnp.zeros((b, t), jnp.int32)
     closed, consts = jax.closure_convert(block, query, key, value, pos, seg0, pos, seg0)
-    out, lse = _ring(
-        closed, axis_name, num_shards, is_causal, query, key, value, pos, seg0, *consts
+    out0 = jnp.zeros(query.shape, query.dtype)
+    lse0 = jnp.zeros((b, query.shape[2], t), jnp.float32)
+    closed_given, consts_given = jax.closure_convert(
+        block_given, query, key, value, pos, seg0, pos, seg0, out0, lse0
     )
+    # Both trace the same options in the same order, so they hoist the same arrays.
+    if len(consts) != len(consts_given) or any(
+        a is not c for a, c in zip(consts, consts_given, strict=True)
+    ):
+        raise AssertionError(
+            "ring_attention: forward and backward blocks close over different arrays"
+        )
+    out, lse = _ring(
+        (closed, closed_given), axis_name, num_shards, is_causal, query, key, value, pos, seg0,
+        *consts,
+    )  # fmt: skip
     if sinks is not None:
         sinks = _checks.float_array(sinks, "sinks", fn=fn)
         if sinks.shape != (query.shape[2],):
@@ -310,39 +338,35 @@ def _ring_forward(block, axis_name, num_shards, is_causal, q, k, v, pos, seg, co
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _ring(block, axis_name, num_shards, is_causal, q, k, v, pos, seg, *consts):
-    return _ring_forward(block, axis_name, num_shards, is_causal, q, k, v, pos, seg, consts)
+def _ring(blocks, axis_name, num_shards, is_causal, q, k, v, pos, seg, *consts):
+    return _ring_forward(blocks[0], axis_name, num_shards, is_causal, q, k, v, pos, seg, consts)
 
 
-def _ring_fwd(block, axis_name, num_shards, is_causal, q, k, v, pos, seg, *consts):
-    out, lse = _ring_forward(block, axis_name, num_shards, is_causal, q, k, v, pos, seg, consts)
+def _ring_fwd(blocks, axis_name, num_shards, is_causal, q, k, v, pos, seg, *consts):
+    out, lse = _ring_forward(blocks[0], axis_name, num_shards, is_causal, q, k, v, pos, seg, consts)
     return (out, lse), (q, k, v, pos, seg, consts, out, lse)
 
 
-def _ring_bwd(block, axis_name, num_shards, is_causal, res, cotangents):
+def _ring_bwd(blocks, axis_name, num_shards, is_causal, res, cotangents):
     q, k, v, pos, seg, consts, out, lse = res
     d_out, d_lse = cotangents
+    block_given = blocks[1]
     acc = _checks.compute_dtype(q.dtype)
-    d_out32, out32 = d_out.astype(acc), out.astype(acc)
-    lse_safe = jnp.where(lse == -jnp.inf, jnp.inf, lse)  # rows with no key: weights 0
 
     # Only floating closed-over arrays are differentiated (ids and positions are not).
     is_float = tuple(jnp.issubdtype(c.dtype, jnp.inexact) for c in consts)
 
     def grads(k_cur, v_cur, pos_cur, seg_cur):
+        # Flash's backward at the merged (out, lse): with the final log-sum-exp the block's
+        # weights exp(s - lse) are the final ones, so this is its exact share of dq, dk, dv.
         def f(q, k, v, *float_consts):
             it = iter(float_consts)
             cs = [next(it) if fl else c for c, fl in zip(consts, is_float, strict=True)]
-            return block(q, k, v, pos, seg, pos_cur, seg_cur, *cs)
+            return block_given(q, k, v, pos, seg, pos_cur, seg_cur, out, lse, *cs)
 
         float_consts = [c for c, fl in zip(consts, is_float, strict=True) if fl]
-        (o_r, l_r), vjp = jax.vjp(f, q, k_cur, v_cur, *float_consts)
-        w = jnp.exp(l_r - lse_safe)  # [B, N, t], e^{L_r - L}
-        w_rows = jnp.swapaxes(w, 1, 2)[..., None]  # [B, t, N, 1]
-        d_o = (w_rows * d_out32).astype(o_r.dtype)
-        inner = jnp.sum(d_out32 * (o_r.astype(acc) - out32), axis=-1)  # [B, t, N]
-        d_l = w * (jnp.swapaxes(inner, 1, 2) + d_lse)
-        return tuple(vjp((d_o, d_l.astype(l_r.dtype))))
+        _, vjp = jax.vjp(f, q, k_cur, v_cur, *float_consts)
+        return tuple(vjp((d_out, d_lse.astype(lse.dtype))))
 
     float_shapes = [c for c, fl in zip(consts, is_float, strict=True) if fl]
 

@@ -658,3 +658,48 @@ def test_dot_product_attention_forwards_flash_block_sizes():
         chex.assert_trees_all_close(out, direct, atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"dot_product_attention: block_k must be an int >= 1"):
         dot_product_attention(q, k, k, implementation="flash", block_k=0)
+
+
+def test_backward_at_merged_residuals_splits_the_gradient_exactly():
+    """``flash_attention_backward_at`` with the output and log-sum-exp of the whole key set
+    gives each key subset its exact share: the shares add up to flash attention's VJP
+    (dq summed, dk/dv per subset, the captured bias table summed)."""
+    from attention_jax.flash import flash_attention_backward_at
+
+    ks = jax.random.split(jax.random.key(7), 5)
+    b, t, s, n, kh, h = 2, 13, 22, 4, 2, 8
+    q = jax.random.normal(ks[0], (b, t, n, h))
+    k = jax.random.normal(ks[1], (b, s, kh, h))
+    v = jax.random.normal(ks[2], (b, s, kh, h))
+    d_out = jax.random.normal(ks[3], (b, t, n, h))
+    d_lse = jax.random.normal(ks[4], (b, n, t))
+    q_pos, kv_pos = jnp.arange(t) + s - t, jnp.arange(s)
+
+    def options(slopes):
+        bias = lambda qp, kp: slopes[:, None, None] * (kp[None, :] - qp[:, None])  # noqa: E731
+        return dict(is_causal=True, query_positions=q_pos, bias_fn=bias, block_q=4, block_k=4)
+
+    def full(q, k, v, slopes):
+        return flash_attention(
+            q, k, v, key_value_positions=kv_pos, return_residuals=True, **options(slopes)
+        )
+
+    slopes = jnp.array([0.1, 0.2, 0.3, 0.4])
+    (out, lse), vjp = jax.vjp(full, q, k, v, slopes)
+    want = vjp((d_out, d_lse))
+    shares = []
+    for lo, hi in ((0, 10), (10, s)):
+
+        def part(q, k, v, slopes, lo=lo, hi=hi):
+            return flash_attention_backward_at(
+                q, k, v, out, lse, key_value_positions=kv_pos[lo:hi], **options(slopes)
+            )
+
+        got, part_vjp = jax.vjp(part, q, k[:, lo:hi], v[:, lo:hi], slopes)
+        chex.assert_trees_all_equal(got, (out, lse))  # nothing is computed forward
+        shares.append(part_vjp((d_out, d_lse)))
+    dq = shares[0][0] + shares[1][0]
+    dk = jnp.concatenate([shares[0][1], shares[1][1]], axis=1)
+    dv = jnp.concatenate([shares[0][2], shares[1][2]], axis=1)
+    d_slopes = shares[0][3] + shares[1][3]
+    chex.assert_trees_all_close((dq, dk, dv, d_slopes), want, atol=2e-5, rtol=2e-5)
