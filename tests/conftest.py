@@ -12,7 +12,7 @@ jax.config.update("jax_enable_x64", False)
 
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "12")),
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "8")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     derandomize=True,
