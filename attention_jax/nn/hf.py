@@ -147,6 +147,16 @@ def _llama_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
     )
 
 
+def _learned_positions(positions: int, max_len: int | None, model: str) -> int:
+    """The model's ``max_len``: the checkpoint's learned position table, or fewer rows."""
+    if max_len is not None and max_len > positions:
+        raise ValueError(
+            f"load_hf_checkpoint: max_len={max_len} exceeds the {positions} learned positions "
+            f"of this {model} checkpoint."
+        )
+    return max_len or positions
+
+
 def _gpt2_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
     act = cfg.get("activation_function", "gelu_new")
     if act not in _GPT2_ACTS:
@@ -158,18 +168,13 @@ def _gpt2_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
         raise _error("scale_attn_weights", False, "attention logits are always scaled here")
     d = cfg["n_embd"]
     inner = cfg.get("n_inner") or 4 * d
-    positions = cfg["n_positions"]
-    if max_len is not None and max_len > positions:
-        raise ValueError(
-            f"load_hf_checkpoint: max_len={max_len} exceeds the {positions} learned positions "
-            "of this GPT-2 checkpoint."
-        )
+    positions = _learned_positions(cfg["n_positions"], max_len, "GPT-2")
     return TransformerConfig(
         vocab_size=cfg["vocab_size"],
         d_model=d,
         num_layers=cfg["n_layer"],
         num_heads=cfg["n_head"],
-        max_len=max_len or positions,
+        max_len=positions,
         positional="learned",
         norm="layernorm",
         norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
@@ -191,18 +196,13 @@ def _bert_config(cfg: dict, dtype, max_len: int | None) -> TransformerConfig:
     if cfg.get("is_decoder") or cfg.get("add_cross_attention"):
         raise _error("is_decoder", True, "BERT loads as an encoder only")
     d = cfg["hidden_size"]
-    positions = cfg["max_position_embeddings"]
-    if max_len is not None and max_len > positions:
-        raise ValueError(
-            f"load_hf_checkpoint: max_len={max_len} exceeds the {positions} learned positions "
-            "of this BERT checkpoint."
-        )
+    positions = _learned_positions(cfg["max_position_embeddings"], max_len, "BERT")
     return TransformerConfig(
         vocab_size=cfg["vocab_size"],
         d_model=d,
         num_layers=cfg["num_hidden_layers"],
         num_heads=cfg["num_attention_heads"],
-        max_len=max_len or positions,
+        max_len=positions,
         positional="learned",
         norm="layernorm",
         norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
@@ -273,6 +273,34 @@ def _llama_names(config: TransformerConfig) -> dict[str, tuple[str, bool]]:
     return names
 
 
+_QKV = ("query", "key", "value")
+
+
+def _gpt2_names(config: TransformerConfig, prefix: str) -> dict[str, str]:
+    """Our parameter path -> GPT-2 tensor name, for all but the fused q/k/v ``c_attn``
+    (Conv1D weights are ``[in, out]``, as our kernels: nothing is transposed)."""
+    names = {
+        "embedder.token.embedding": f"{prefix}wte.weight",
+        "embedder.position.embedding": f"{prefix}wpe.weight",
+        "final_norm.scale": f"{prefix}ln_f.weight",
+        "final_norm.bias": f"{prefix}ln_f.bias",
+    }
+    pairs = {
+        "attention.out": "attn.c_proj",
+        "mlp.up": "mlp.c_fc",
+        "mlp.down": "mlp.c_proj",
+        "attention_norm": "ln_1",
+        "mlp_norm": "ln_2",
+    }
+    for i in range(config.num_layers):
+        ours, hf = f"blocks.{i}.", f"{prefix}h.{i}."
+        for a, h in pairs.items():
+            weight = "scale" if a.endswith("norm") else "kernel"
+            names[f"{ours}{a}.{weight}"] = f"{hf}{h}.weight"
+            names[f"{ours}{a}.bias"] = f"{hf}{h}.bias"
+    return names
+
+
 def _load_params(
     config: TransformerConfig, model_type: str, tensors: dict
 ) -> dict[str, np.ndarray]:
@@ -288,31 +316,16 @@ def _load_params(
         return _bert_params(config, tensors, get)
     if model_type != "gpt2":
         return {k: (get(n).T if t else get(n)) for k, (n, t) in _llama_names(config).items()}
+    p = {k: get(n) for k, n in _gpt2_names(config, prefix).items()}
+    p["embedder.position.embedding"] = p["embedder.position.embedding"][: config.max_len]
     d = config.d_model
-    p = {
-        "embedder.token.embedding": get(f"{prefix}wte.weight"),
-        "embedder.position.embedding": get(f"{prefix}wpe.weight")[: config.max_len],
-        "final_norm.scale": get(f"{prefix}ln_f.weight"),
-        "final_norm.bias": get(f"{prefix}ln_f.bias"),
-    }
     for i in range(config.num_layers):
+        # GPT-2 keeps q, k and v in one Conv1D, [in, out] as our kernels.
         ours, hf = f"blocks.{i}.", f"{prefix}h.{i}."
-        # GPT-2's Conv1D weights are [in, out], as our kernels.
         w, b = get(f"{hf}attn.c_attn.weight"), get(f"{hf}attn.c_attn.bias")
-        for j, name in enumerate(("query", "key", "value")):
+        for j, name in enumerate(_QKV):
             p[f"{ours}attention.{name}.kernel"] = w[:, j * d : (j + 1) * d]
             p[f"{ours}attention.{name}.bias"] = b[j * d : (j + 1) * d]
-        pairs = (
-            ("attention.out", "attn.c_proj"),
-            ("mlp.up", "mlp.c_fc"),
-            ("mlp.down", "mlp.c_proj"),
-        )
-        for a, h in pairs:
-            p[f"{ours}{a}.kernel"] = get(f"{hf}{h}.weight")
-            p[f"{ours}{a}.bias"] = get(f"{hf}{h}.bias")
-        for a, h in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
-            p[f"{ours}{a}.scale"] = get(f"{hf}{h}.weight")
-            p[f"{ours}{a}.bias"] = get(f"{hf}{h}.bias")
     return p
 
 
@@ -511,30 +524,15 @@ def save_hf_checkpoint(model: TransformerLM, path: str | os.PathLike, *, model_t
             tensors[name] = params[ours].T if transposed else params[ours]
     else:
         hf_config = _hf_gpt2_config(config)
-        tensors["transformer.wte.weight"] = params["embedder.token.embedding"]
-        tensors["transformer.wpe.weight"] = params["embedder.position.embedding"]
-        tensors["transformer.ln_f.weight"] = params["final_norm.scale"]
-        tensors["transformer.ln_f.bias"] = params["final_norm.bias"]
+        tensors = {n: params[k] for k, n in _gpt2_names(config, "transformer.").items()}
         for i in range(config.num_layers):
             ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
-            names = ("query", "key", "value")
             tensors[f"{hf}attn.c_attn.weight"] = np.concatenate(
-                [params[f"{ours}attention.{n}.kernel"] for n in names], axis=1
+                [params[f"{ours}attention.{n}.kernel"] for n in _QKV], axis=1
             )
             tensors[f"{hf}attn.c_attn.bias"] = np.concatenate(
-                [params[f"{ours}attention.{n}.bias"] for n in names]
+                [params[f"{ours}attention.{n}.bias"] for n in _QKV]
             )
-            pairs = (
-                ("attention.out", "attn.c_proj"),
-                ("mlp.up", "mlp.c_fc"),
-                ("mlp.down", "mlp.c_proj"),
-            )
-            for a, h in pairs:
-                tensors[f"{hf}{h}.weight"] = params[f"{ours}{a}.kernel"]
-                tensors[f"{hf}{h}.bias"] = params[f"{ours}{a}.bias"]
-            for a, h in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                tensors[f"{hf}{h}.weight"] = params[f"{ours}{a}.scale"]
-                tensors[f"{hf}{h}.bias"] = params[f"{ours}{a}.bias"]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
