@@ -219,5 +219,23 @@ def test_errors(tmp_path):
         ValueError, match=r"save_hf_checkpoint: model_type='llama' needs norm='rmsnorm'"
     ):
         save_hf_checkpoint(model, tmp_path / "out", model_type="llama")
+    biased = TransformerLM(
+        TransformerConfig(
+            vocab_size=7, d_model=8, num_layers=1, num_heads=2, max_len=8, positional="rope",
+            norm="rmsnorm", mlp="swiglu", qkv_bias=True,
+        ),
+        rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"model_type='llama' needs qkv_bias=False"):
+        save_hf_checkpoint(biased, tmp_path / "out", model_type="llama")
+    gqa = TransformerLM(
+        TransformerConfig(
+            vocab_size=7, d_model=8, num_layers=1, num_heads=2, num_kv_heads=1, max_len=8,
+            positional="learned", use_bias=True,
+        ),
+        rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"model_type='gpt2' needs num_kv_heads=None"):
+        save_hf_checkpoint(gqa, tmp_path / "out", model_type="gpt2")
     with pytest.raises(ValueError, match=r"model_type must be 'llama' or 'gpt2', got 'bert'"):
         save_hf_checkpoint(model, tmp_path / "out", model_type="bert")

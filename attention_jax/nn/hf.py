@@ -463,9 +463,13 @@ def _check_saveable(config: TransformerConfig, model_type: str) -> None:
             tie_embeddings=True,
         ),
     }[model_type]
+    # Options neither format writes: a model using one would be saved as another function.
     want.update(
         attention="softmax",
         qk_norm=False,
+        qkv_bias=False,
+        embedding_norm=False,
+        type_vocab_size=0,
         softcap=None,
         local_window_size=None,
         scale_embeddings=False,
@@ -476,17 +480,18 @@ def _check_saveable(config: TransformerConfig, model_type: str) -> None:
         talking_heads=False,
         normalizer="softmax",
     )
-    if model_type == "gpt2":
-        want["num_kv_heads"] = None
     for name, value in want.items():
         got = getattr(config, name)
-        if name == "num_kv_heads" and got in (None, config.num_heads):
-            continue
         if got != value:
             raise ValueError(
                 f"save_hf_checkpoint: model_type={model_type!r} needs {name}={value!r}, the "
                 f"model has {got!r}."
             )
+    if model_type == "gpt2" and config.num_kv_heads not in (None, config.num_heads):
+        raise ValueError(
+            f"save_hf_checkpoint: model_type='gpt2' needs num_kv_heads=None (as many as "
+            f"num_heads={config.num_heads}), the model has {config.num_kv_heads!r}."
+        )
 
 
 def save_hf_checkpoint(model: TransformerLM, path: str | os.PathLike, *, model_type: str) -> None:
