@@ -70,6 +70,7 @@ __all__ = [
     "pyplot",
     "save_figure",
     "char_lm_parser",
+    "parse_with_preset",
     "check_char_lm_flags",
     "train_char_lm",
     "sample_text",
@@ -92,6 +93,19 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def parse_with_preset(parser, argv, *, flag: str, preset: dict, known: bool = False):
+    """``parser.parse_args(argv)``; when the boolean flag ``flag`` (``"quick"``, ``"demo"``)
+    is set, parses again with ``preset`` as the defaults, so that flags given explicitly
+    still override the preset. ``known=True``: ``parse_known_args``, returning
+    ``(args, rest)`` (for scripts that pass unknown flags on to another script)."""
+    parse = parser.parse_known_args if known else parser.parse_args
+    result = parse(argv)
+    if getattr(result[0] if known else result, flag):
+        parser.set_defaults(**preset)
+        result = parse(argv)
+    return result
 
 
 def add_model_flags(

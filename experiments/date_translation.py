@@ -131,10 +131,7 @@ def make_parser():
 def parse_args(argv=None, p=None):
     """The checked flags; a bad one ends in ``p.error`` (exit status 2)."""
     p = p or make_parser()
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
+    args = common.parse_with_preset(p, argv, flag="quick", preset=QUICK)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in names if m not in MODELS]
     if bad or not names:

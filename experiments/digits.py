@@ -135,10 +135,7 @@ def make_parser():
 def parse_args(argv=None, p=None):
     """The checked flags; a bad one, or scikit-learn missing, ends in ``p.error``."""
     p = p or make_parser()
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
+    args = common.parse_with_preset(p, argv, flag="quick", preset=QUICK)
     common.check_flags(p, args)
     for name in ("hidden", "eval_every", "show"):
         common.check_int(p, args, name, 1)

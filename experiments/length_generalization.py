@@ -105,10 +105,7 @@ def parse_args(argv=None, p=None):
     """The checked flags; a bad one ends in ``p.error`` (exit status 2) before anything
     is trained."""
     p = p or make_parser()
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
+    args = common.parse_with_preset(p, argv, flag="quick", preset=QUICK)
     common.check_flags(p, args)
     common.check_int(p, args, "train_length", 1)
     common.check_int(p, args, "symbols", 2)

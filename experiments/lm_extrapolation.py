@@ -98,10 +98,7 @@ def parse_args(argv=None, p=None):
     """The checked flags, with ``args.lm`` the char_lm settings every arm trains with; a
     bad flag ends in ``p.error`` (exit status 2) before any data is read."""
     p = p or make_parser()
-    args, rest = p.parse_known_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args, rest = p.parse_known_args(argv)
+    args, rest = common.parse_with_preset(p, argv, flag="quick", preset=QUICK, known=True)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in args.arms if a not in ARMS]
     if bad:

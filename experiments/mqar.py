@@ -77,10 +77,8 @@ def _list(p, text, default, cast, flag):
 
 def parse_args(argv=None, p=None):
     p = p or make_parser()
-    args = p.parse_args(argv)
-    if args.quick:  # fewer steps too, unless given
-        p.set_defaults(steps=QUICK_STEPS)
-        args = p.parse_args(argv)
+    # --quick: fewer steps too, unless given
+    args = common.parse_with_preset(p, argv, flag="quick", preset=dict(steps=QUICK_STEPS))
     grid = QUICK if args.quick else GRID
     args.mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
     bad = [m for m in args.mixers if m not in MIXERS]

@@ -81,10 +81,7 @@ def make_parser():
 def parse_args(argv=None, p=None):
     """The checked flags; a bad one ends in ``p.error`` (exit status 2)."""
     p = p or make_parser()
-    args = p.parse_args(argv)
-    if args.demo:
-        p.set_defaults(**DEMO)
-        args = p.parse_args(argv)
+    args = common.parse_with_preset(p, argv, flag="demo", preset=DEMO)
     common.check_flags(p, args)
     common.check_int(p, args, "show", 0)
     minimum = 4 if args.task == "mqar" else 2

@@ -138,10 +138,7 @@ def parse_args(argv=None, p=None):
     """The checked flags; ``args.runs`` maps each variant to its char_lm flags. A bad flag
     ends in ``p.error`` (exit status 2) before any data is read."""
     p = p or make_parser()
-    args, rest = p.parse_known_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args, rest = p.parse_known_args(argv)
+    args, rest = common.parse_with_preset(p, argv, flag="quick", preset=QUICK, known=True)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:
