@@ -31,11 +31,8 @@ unless ``XLA_FLAGS`` is already set. Writes ``results.json``, ``results.md`` and
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -224,29 +221,6 @@ def measure(args) -> dict:
     return {"rows": rows, "balance": balance, "long": long}
 
 
-def environment() -> dict:
-    import jax
-    import jaxlib
-
-    info = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "devices": len(jax.devices()),
-        "cpu_count": os.cpu_count(),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-    }
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return info
-
-
 def markdown(result: dict, args) -> str:
     lines = [
         f"Memory per device, causal forward+backward, (B, T, N, H) = (1, {args.seq_len}, "
@@ -319,7 +293,10 @@ def main(argv=None) -> None:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from attention import environment  # benchmarks/attention.py: date, versions, CPU model
+
+    env = environment("cpu")
     print(json.dumps(env), flush=True)
     result = {"environment": env, "args": vars(args), **measure(args)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
