@@ -394,27 +394,39 @@ def plot_accuracy(results: dict, path) -> None:
     common.save_figure(fig, path)
 
 
-def plot_pooling_weights(model, images, labels, path) -> None:
-    """Each digit beside the LSTM's attention weights over its 8 rows."""
-    logits, weights = model(jnp.asarray(images), return_weights=True)
-    pred, weights = np.asarray(jnp.argmax(logits, -1)), np.asarray(weights)
+def digit_panels(images, labels, pred, *, row_height, extra_height=0.0, side_width=None):
+    """A grid of up to 4 digits per row, each titled with its label and prediction and
+    followed by an empty panel (``side_width`` times a digit's width, default the same) for
+    what is drawn beside it; returns ``(figure, those panels)``, one per digit."""
     plt = common.pyplot()
     n = len(images)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
+    gridspec_kw = None if side_width is None else {"width_ratios": [1, side_width] * cols}
     fig, axes = plt.subplots(
         rows,
         2 * cols,
-        figsize=(2.6 * cols, 1.9 * rows),
+        figsize=(2.6 * cols, row_height * rows + extra_height),
         squeeze=False,
-        gridspec_kw={"width_ratios": [1, 0.8] * cols},
+        gridspec_kw=gridspec_kw,
     )
     for ax in axes.ravel():
         ax.axis("off")
+    side = []
     for i in range(n):
-        ax_img, ax_w = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        ax_img = axes[i // cols, 2 * (i % cols)]
         ax_img.imshow(images[i], cmap="gray_r", vmin=0, vmax=1)
         ax_img.set_title(f"label {labels[i]}, pred {pred[i]}", fontsize=8)
+        side.append(axes[i // cols, 2 * (i % cols) + 1])
+    return fig, side
+
+
+def plot_pooling_weights(model, images, labels, path) -> None:
+    """Each digit beside the LSTM's attention weights over its 8 rows."""
+    logits, weights = model(jnp.asarray(images), return_weights=True)
+    pred, weights = np.asarray(jnp.argmax(logits, -1)), np.asarray(weights)
+    fig, side_axes = digit_panels(images, labels, pred, row_height=1.9, side_width=0.8)
+    for i, ax_w in enumerate(side_axes):
         ax_w.axis("on")
         ax_w.barh(np.arange(IMAGE), weights[i], color="C0")
         ax_w.set_ylim(IMAGE - 0.5, -0.5)  # row 0 at the top, as in the image
@@ -447,17 +459,8 @@ def plot_rollout(model, images, labels, path) -> None:
     (renormalized over the patches), each patch upsampled to its 2x2 pixels."""
     pred, maps = vit_rollout(model, images)
     maps = maps / maps.sum(axis=(1, 2), keepdims=True)  # the class token's own share left out
-    plt = common.pyplot()
-    n = len(images)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.6 * cols, 1.6 * rows + 0.6), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        ax_img, ax_map = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
-        ax_img.imshow(images[i], cmap="gray_r", vmin=0, vmax=1)
-        ax_img.set_title(f"label {labels[i]}, pred {pred[i]}", fontsize=8)
+    fig, side_axes = digit_panels(images, labels, pred, row_height=1.6, extra_height=0.6)
+    for i, ax_map in enumerate(side_axes):
         ax_map.imshow(np.kron(maps[i], np.ones((PATCH, PATCH))), cmap="viridis", vmin=0)
         ax_map.set_title(f"rollout (max {maps[i].max():.2f})", fontsize=8)
     fig.suptitle(
