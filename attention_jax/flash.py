@@ -835,8 +835,7 @@ def flash_attention_canonical(
         # [B, T, N, H] -> [nq, B, K, bq * G, H] and [B, N, T] -> [nq, B, K, bq * G]; padded
         # query rows get lse = -inf (no key: zero weights) and, by autodiff, zero dO.
         out_u, lse_u = residuals
-        out_i = _pad_axis(out_u, 1, tp).reshape(b, nq, bq, kh, g, h)
-        out_i = out_i.transpose(1, 0, 3, 2, 4, 5).reshape(nq, b, kh, bq * g, h)
+        out_i = _query_rows_to_internal(out_u, nq, bq, kh, g)
         lse_i = _pad_axis(lse_u.astype(cfg.acc), 2, tp, -jnp.inf).reshape(b, kh, g, nq, bq)
         lse_i = lse_i.transpose(3, 0, 1, 4, 2).reshape(nq, b, kh, bq * g)
         out, lse = _flash_given(
@@ -856,6 +855,14 @@ def flash_block_plan(
     pass walks each row's visited blocks, the backward pass each column's."""
     cfg, *_, aux, _ = _setup(inp, block_q, block_k, "flash_block_plan")
     return block_plan(cfg, aux)
+
+
+def _query_rows_to_internal(x, nq: int, bq: int, kh: int, g: int):
+    """``[B, T, N, H]`` -> ``[nq, B, K, bq * G, H]`` (padded to ``nq * bq`` rows): the
+    pre-blocked layout of the queries (and of the output), one transpose per call."""
+    b, h = x.shape[0], x.shape[-1]
+    x = _pad_axis(x, 1, nq * bq).reshape(b, nq, bq, kh, g, h)
+    return x.transpose(1, 0, 3, 2, 4, 5).reshape(nq, b, kh, bq * g, h)
 
 
 def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
@@ -878,9 +885,7 @@ def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
         q = q * jnp.asarray(inp.scale, dtype)
     else:  # scale half-precision queries in float32, then round once
         q = (q.astype(jnp.float32) * jnp.asarray(inp.scale, jnp.float32)).astype(dtype)
-    # [B, T, N, H] -> [nq, B, K, bq * G, H]: pre-blocked, one transpose for the whole call.
-    q = _pad_axis(q, 1, tp).reshape(b, nq, bq, kh, g, h)
-    q = q.transpose(1, 0, 3, 2, 4, 5).reshape(nq, b, kh, bq * g, h)
+    q = _query_rows_to_internal(q, nq, bq, kh, g)
     k = _pad_axis(inp.key, 1, sp).reshape(b, nk, bk, kh, h).transpose(1, 0, 3, 2, 4)
     v = _pad_axis(inp.value, 1, sp).reshape(b, nk, bk, kh, h).transpose(1, 0, 3, 2, 4)
 
