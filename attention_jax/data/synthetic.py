@@ -34,6 +34,7 @@ induction    ``s_1 .. s_n`` (A once, then B)  ``A B``                   B
 """
 
 import dataclasses
+import functools
 from typing import Literal, NamedTuple
 
 import jax
@@ -288,6 +289,8 @@ class SyntheticTask:
         self._check_lengths(min_length, max_length, fn=fn)
         return self._sample(key, batch_size, min_length, max_length)
 
+    # Jitted (the task and sizes static): eagerly, each of its ops would compile on its own.
+    @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
     def _sample(self, key: jax.Array, batch_size: int, min_length: int, max_length: int):
         """:meth:`sample` without the argument checks."""
         # One draw of random words for everything: each PRNG call site compiles its own

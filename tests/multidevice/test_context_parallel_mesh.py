@@ -58,12 +58,12 @@ def check(strategy, load_balance, *, num_kv_heads=K, segment_ids=None, table=Non
         )  # fmt: skip
 
     tab = jnp.zeros((N,)) if table is None else table
-    chex.assert_trees_all_close(jax.jit(f_cp)(q, k, v, tab), f_ref(q, k, v, tab), atol=1e-5)
+    chex.assert_trees_all_close(jax.jit(f_cp)(q, k, v, tab), jax.jit(f_ref)(q, k, v, tab), atol=1e-5)
 
     def loss(f):
         return lambda *a: jnp.sum(jnp.sin(f(*a)))
 
-    g_ref = jax.grad(loss(f_ref), argnums=(0, 1, 2, 3))(q, k, v, tab)
+    g_ref = jax.jit(jax.grad(loss(f_ref), argnums=(0, 1, 2, 3)))(q, k, v, tab)
     g_cp = jax.jit(jax.grad(loss(f_cp), argnums=(0, 1, 2, 3)))(q, k, v, tab)
     chex.assert_trees_all_close(g_cp, g_ref, atol=1e-4)
 
@@ -84,17 +84,37 @@ def test_strategies_equal_flash(strategy, load_balance, is_causal):
     check(strategy, load_balance, num_kv_heads=kv, is_causal=is_causal)
 
 
-# One strategy of each option test runs in `make test`, the other in `make test-all`.
-@pytest.mark.parametrize("strategy", ["ring", pytest.param("ulysses", marks=pytest.mark.slow)])
-def test_options_equal_flash(strategy):
-    kv = N if strategy == "ulysses" else 1  # ring: multi-query attention
+def _segments():
     seg = jnp.asarray(np.repeat(np.arange(4), T // 4)[None].repeat(B, 0))
-    seg = seg.at[1, 40:].set(7)
-    check(strategy, True, num_kv_heads=kv, is_causal=True, segment_ids=seg)
-    check(strategy, True, num_kv_heads=kv, is_causal=True, local_window_size=(9, 0))
+    return seg.at[1, 40:].set(7)
+
+
+OPTIONS = {
+    "segment_ids": lambda: dict(load_balance=True, is_causal=True, segment_ids=_segments()),
+    "window": lambda: dict(load_balance=True, is_causal=True, local_window_size=(9, 0)),
     # A learned per-head distance slope (ALiBi-like): its gradient crosses the ring.
-    check(strategy, True, num_kv_heads=kv, is_causal=True, table=jnp.linspace(0.1, 0.4, N))
-    check(strategy, False, num_kv_heads=kv, softcap=5.0, scale=0.3)
+    "bias_fn": lambda: dict(load_balance=True, is_causal=True, table=jnp.linspace(0.1, 0.4, N)),
+    "softcap": lambda: dict(load_balance=False, softcap=5.0, scale=0.3),
+}
+# `make test` runs the segment ids and the learned bias through the ring; `make test-all`
+# runs every option through both strategies.
+FAST_OPTIONS = {("ring", "segment_ids"), ("ring", "bias_fn")}
+
+
+@pytest.mark.parametrize(
+    "strategy, option",
+    [
+        pytest.param(
+            s, o, marks=() if (s, o) in FAST_OPTIONS else pytest.mark.slow, id=f"{s}-{o}"
+        )
+        for s in ("ring", "ulysses")
+        for o in OPTIONS
+    ],
+)
+def test_options_equal_flash(strategy, option):
+    kv = N if strategy == "ulysses" else 1  # ring: multi-query attention
+    opts = OPTIONS[option]()
+    check(strategy, opts.pop("load_balance"), num_kv_heads=kv, **opts)
 
 
 @pytest.mark.parametrize("strategy", [pytest.param("ring", marks=pytest.mark.slow), "ulysses"])
@@ -121,9 +141,9 @@ def test_mods_and_sinks_equal_flash(strategy):
     def f_ref(q, sinks):
         return aj.flash_attention(q, k, v, is_causal=True, sinks=sinks, **BLOCKS)
 
-    chex.assert_trees_all_close(jax.jit(f_cp)(q, sinks), f_ref(q, sinks), atol=1e-5)
+    chex.assert_trees_all_close(jax.jit(f_cp)(q, sinks), jax.jit(f_ref)(q, sinks), atol=1e-5)
     g_cp = jax.jit(jax.grad(lambda *a: jnp.sum(f_cp(*a) ** 2), argnums=(0, 1)))(q, sinks)
-    g_ref = jax.grad(lambda *a: jnp.sum(f_ref(*a) ** 2), argnums=(0, 1))(q, sinks)
+    g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(f_ref(*a) ** 2), argnums=(0, 1)))(q, sinks)
     chex.assert_trees_all_close(g_cp, g_ref, atol=1e-4)
 
 
