@@ -58,7 +58,9 @@ def check(strategy, load_balance, *, num_kv_heads=K, segment_ids=None, table=Non
         )  # fmt: skip
 
     tab = jnp.zeros((N,)) if table is None else table
-    chex.assert_trees_all_close(jax.jit(f_cp)(q, k, v, tab), jax.jit(f_ref)(q, k, v, tab), atol=1e-5)
+    chex.assert_trees_all_close(
+        jax.jit(f_cp)(q, k, v, tab), jax.jit(f_ref)(q, k, v, tab), atol=1e-5
+    )
 
     def loss(f):
         return lambda *a: jnp.sum(jnp.sin(f(*a)))
@@ -104,9 +106,7 @@ FAST_OPTIONS = {("ring", "segment_ids"), ("ring", "bias_fn")}
 @pytest.mark.parametrize(
     "strategy, option",
     [
-        pytest.param(
-            s, o, marks=() if (s, o) in FAST_OPTIONS else pytest.mark.slow, id=f"{s}-{o}"
-        )
+        pytest.param(s, o, marks=() if (s, o) in FAST_OPTIONS else pytest.mark.slow, id=f"{s}-{o}")
         for s in ("ring", "ulysses")
         for o in OPTIONS
     ],
