@@ -22,6 +22,7 @@ from attention_jax.linear import (
     favor_projection,
     gated_linear_attention,
     linear_attention,
+    short_convolution,
 )
 from attention_jax.masks import (
     attention_mask,

@@ -42,7 +42,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attention_jax import _checks
 
@@ -52,6 +51,7 @@ __all__ = [
     "favor_projection",
     "gated_linear_attention",
     "linear_attention",
+    "short_convolution",
 ]
 
 FEATURE_MAPS = ("elu1", "relu", "identity", "taylor", "favor")
@@ -243,16 +243,12 @@ def favor_projection(
 def _taylor(x: jax.Array) -> jax.Array:
     """Based's 2nd-order Taylor map: ``phi(q) . phi(k) = 1 + s + s^2 / 2``, ``s = q.k/sqrt(d)``."""
     d = x.shape[-1]
-    rows, cols = np.triu_indices(d, 1)
-    diag = jnp.arange(d)
     one = jnp.ones(x.shape[:-1] + (1,), x.dtype)
+    # The pairs i < j in row-major order, as slices (indexing would gather, and scatter in
+    # the backward pass).
+    pairs = [x[..., i : i + 1] * x[..., i + 1 :] for i in range(d - 1)]
     return jnp.concatenate(
-        [
-            one,
-            x / d**0.25,
-            x[..., diag] ** 2 / math.sqrt(2.0 * d),
-            x[..., rows] * x[..., cols] / math.sqrt(d),
-        ],
+        [one, x / d**0.25, x * x / math.sqrt(2.0 * d), *(p / math.sqrt(d) for p in pairs)],
         axis=-1,
     )
 
@@ -616,6 +612,51 @@ def gated_linear_attention(
     )
     out = out.astype(query.dtype)
     return (out, final) if return_state else out
+
+
+# ----------------------------------------------------------------------------------------
+# The short convolution of the delta-rule layers.
+# ----------------------------------------------------------------------------------------
+
+
+def short_convolution(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Depthwise convolution over time, without padding: ``y_t = sum_j w_j * x_{t + j}``.
+
+    The short causal convolution of DeltaNet / Gated DeltaNet / Mamba layers (the caller
+    left-pads ``x`` with ``W - 1`` zeros, or the previous inputs when decoding), as ``W``
+    shifted products: a grouped ``lax.conv`` with one group per channel runs as a dense
+    convolution on XLA:CPU, ``C`` times the work.
+
+    Shapes::
+
+      x: [B, T + W - 1, C]   kernel: [W, 1, C] (``nnx.Conv``'s depthwise layout) or [W, C]
+        ->  [B, T, C]
+
+    Args:
+      x: ``[B, T + W - 1, C]`` floating.
+      kernel: ``[W, 1, C]`` or ``[W, C]`` floating, ``W <= T + W - 1``.
+
+    Returns:
+      ``[B, T, C]`` in the result dtype of ``x`` and ``kernel``.
+    """
+    fn = "short_convolution"
+    x = _checks.float_array(x, "x", fn=fn)
+    kernel = _checks.float_array(kernel, "kernel", fn=fn)
+    if kernel.ndim == 3 and kernel.shape[1] == 1:
+        kernel = kernel[:, 0]
+    if (
+        x.ndim != 3
+        or kernel.ndim != 2
+        or kernel.shape[1] != x.shape[2]
+        or (kernel.shape[0] > x.shape[1])
+    ):
+        raise ValueError(
+            f"{fn}: x must be [B, T + W - 1, C] and kernel [W, C] (or [W, 1, C]) with W <= "
+            f"T + W - 1, got {_shapes(x=x, kernel=kernel)}."
+        )
+    width = kernel.shape[0]
+    t = x.shape[1] - width + 1
+    return sum(x[:, j : j + t] * kernel[j] for j in range(width))
 
 
 # ----------------------------------------------------------------------------------------

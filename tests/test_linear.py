@@ -31,6 +31,7 @@ from attention_jax.linear import (
     favor_projection,
     gated_linear_attention,
     linear_attention,
+    short_convolution,
 )
 
 TOL = dict(atol=2e-5, rtol=2e-5)
@@ -713,3 +714,40 @@ def test_error_feature_maps():
         "phi_key (2, 3, 2).",
     ):
         linear_attention(q, k, v, feature_map=lambda x: x.sum(-1))
+
+
+# ------------------------------------------------------------------ short convolution
+
+
+def test_short_convolution_equals_a_loop_and_a_depthwise_conv():
+    from flax import nnx
+
+    rng = np.random.default_rng(0)
+    b, t, w, c = 2, 9, 4, 5
+    x = rng.standard_normal((b, t + w - 1, c))
+    kernel = rng.standard_normal((w, 1, c))
+    want = np.zeros((b, t, c))
+    for i in range(t):
+        for j in range(w):
+            want[:, i] += kernel[j, 0] * x[:, i + j]
+    got = short_convolution(jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32))
+    chex.assert_shape(got, (b, t, c))
+    chex.assert_trees_all_close(got, want, atol=1e-5)
+    conv = nnx.Conv(c, c, kernel_size=(w,), feature_group_count=c, padding="VALID",
+                    use_bias=False, rngs=nnx.Rngs(0))  # fmt: skip
+    conv.kernel[...] = jnp.asarray(kernel, jnp.float32)
+    chex.assert_trees_all_close(
+        short_convolution(jnp.asarray(x, jnp.float32), conv.kernel[...]),
+        conv(jnp.asarray(x, jnp.float32)),
+        atol=1e-5,
+    )
+    # d/dw_j sum_t y_t^2 = sum_t 2 y_t x_{t+j}
+    g = jax.grad(lambda k: jnp.sum(short_convolution(jnp.asarray(x, jnp.float32), k) ** 2))
+    want_g = np.stack([np.sum(2 * want * x[:, j : j + t], axis=(0, 1)) for j in range(w)])
+    chex.assert_trees_all_close(g(jnp.asarray(kernel[:, 0], jnp.float32)), want_g, atol=1e-4)
+    with raises(
+        ValueError,
+        "short_convolution: x must be [B, T + W - 1, C] and kernel [W, C] (or [W, 1, C]) "
+        "with W <= T + W - 1, got x (2, 3, 5), kernel (4, 5).",
+    ):
+        short_convolution(jnp.zeros((2, 3, 5)), jnp.zeros((4, 5)))

@@ -285,6 +285,21 @@ def test_lm_is_causal_and_sows_weights(alibi_lm, tokens):
     assert np.all(np.asarray(w)[..., np.triu(np.ones((T, T), bool), k=1)] == 0)
 
 
+def test_logits_to_keep_equals_the_rows_of_the_full_logits(alibi_lm, tokens):
+    keep = jnp.array([[T - 1, 0, 3]] * B, jnp.int32).at[1].set(jnp.array([2, 2, 5]))
+
+    def run(model, tokens):
+        return model(tokens), model(tokens, logits_to_keep=keep)
+
+    full, kept = fast_jit(run)(alibi_lm, tokens)
+    chex.assert_shape(kept, (B, 3, V))
+    chex.assert_trees_all_close(kept, jnp.take_along_axis(full, keep[..., None], axis=1))
+    with pytest.raises(TypeError, match=r"TransformerLM: logits_to_keep must be an integer"):
+        alibi_lm(tokens, logits_to_keep=jnp.zeros((B, 2)))
+    with pytest.raises(ValueError, match=r"TransformerLM: logits_to_keep must be of shape "):
+        alibi_lm(tokens, logits_to_keep=jnp.zeros((B + 1, 2), jnp.int32))
+
+
 def test_packed_sequences_equal_separate_sequences(alibi_lm, tokens):
     # Two sequences of lengths 3 and 5 packed in one row: segment ids keep them apart and
     # positions restart, so each gets the logits it gets alone.

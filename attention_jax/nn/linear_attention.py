@@ -20,7 +20,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention_jax._checks import check_int, describe, float_array
-from attention_jax.linear import delta_rule_attention, gated_linear_attention, linear_attention
+from attention_jax.linear import (
+    delta_rule_attention,
+    gated_linear_attention,
+    linear_attention,
+    short_convolution,
+)
 from attention_jax.nn.cache import RecurrentCache
 from attention_jax.nn.config import LINEAR_ATTENTION, AttentionConfig
 
@@ -186,7 +191,9 @@ class LinearAttention(nnx.Module):
         if tail is None:
             tail = jnp.zeros((qkv.shape[0], width, qkv.shape[2]), qkv.dtype)
         padded = jnp.concatenate([tail.astype(qkv.dtype), qkv], axis=1)
-        return jax.nn.silu(self.conv(padded)), padded[:, padded.shape[1] - width :]
+        return jax.nn.silu(short_convolution(padded, self.conv.kernel[...])), padded[
+            :, padded.shape[1] - width :
+        ]
 
     def __call__(
         self,

@@ -47,6 +47,7 @@ class TransformerLM(DecoderStack):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         sow_weights: bool = False,
+        logits_to_keep: jax.Array | None = None,
     ):
         """Causal forward pass, full or incremental.
 
@@ -69,15 +70,20 @@ class TransformerLM(DecoderStack):
           rngs: dropout randomness (default: the modules' own ``dropout`` streams).
           sow_weights: sow every layer's attention weights (``nnx.Intermediate``
             ``"attention_weights"``; collect with ``nnx.capture(model, nnx.Intermediate)``).
+          logits_to_keep: ``[B, P]`` int indices along ``T``: only the logits at those
+            positions are computed (as Hugging Face's ``logits_to_keep`` with indices), for
+            losses scored at a few positions; indices are clipped to ``[0, T)``.
 
         Returns:
-          Without a cache: float32 logits ``[B, T, V]``. With a cache: ``(logits, new_cache)``,
+          Without a cache: float32 logits ``[B, T, V]`` (``[B, P, V]`` with
+          ``logits_to_keep``). With a cache: ``(logits, new_cache)``,
           ``new_cache.length == cache.length + T``.
 
         Raises:
+          TypeError: non-integer ``logits_to_keep``.
           ValueError: ``T > max_len``, tokens that do not fit in the cache (checked when the
-            cache length is concrete), segment ids or key lengths with a cache, lengths or
-            positions of the wrong shape.
+            cache length is concrete), segment ids or key lengths with a cache, lengths,
+            positions or ``logits_to_keep`` of the wrong shape.
         """
         return self.forward(
             self.embedder,
@@ -90,5 +96,6 @@ class TransformerLM(DecoderStack):
             deterministic=deterministic,
             rngs=rngs,
             sow_weights=sow_weights,
+            logits_to_keep=logits_to_keep,
             fn="TransformerLM",
         )

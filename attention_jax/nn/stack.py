@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention_jax._checks import check_int, check_int_in
+from attention_jax._checks import check_int, check_int_in, describe, int_array
 from attention_jax._checks import positions as checked_positions
 from attention_jax.nn.block import TransformerBlock, make_norm
 from attention_jax.nn.cache import KVCache
@@ -179,6 +179,7 @@ class DecoderStack(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         sow_weights: bool = False,
+        logits_to_keep: jax.Array | None = None,
         fn: str = "DecoderStack.forward",
         name: str = "tokens",
     ):
@@ -200,11 +201,13 @@ class DecoderStack(nnx.Module):
           context_seq_lengths: ``[B]`` unpadded context lengths.
           cache: optional :class:`KVCache` (:meth:`init_cache`): the ``T`` tokens are
             processed at positions ``cache.length ..`` against everything cached.
-          deterministic, rngs, sow_weights: see :meth:`attention_jax.nn.TransformerLM.__call__`.
+          deterministic, rngs, sow_weights, logits_to_keep: see
+            :meth:`attention_jax.nn.TransformerLM.__call__`.
           fn, name: the caller's and its tokens' names, for error messages.
 
         Returns:
-          float32 logits ``[B, T, V]``; with a cache, ``(logits, new_cache)``.
+          float32 logits ``[B, T, V]`` (``[B, P, V]`` with ``logits_to_keep``); with a cache,
+          ``(logits, new_cache)``.
         """
         cfg = self.config
         tokens = check_tokens(
@@ -231,6 +234,13 @@ class DecoderStack(nnx.Module):
         context_seq_lengths = check_seq_lengths(
             context_seq_lengths, "context_seq_lengths", fn=fn, batch=batch
         )
+        if logits_to_keep is not None:
+            logits_to_keep = int_array(logits_to_keep, "logits_to_keep", fn=fn)
+            if logits_to_keep.ndim != 2 or logits_to_keep.shape[0] != batch:
+                raise ValueError(
+                    f"{fn}: logits_to_keep must be of shape [B, P] with B={batch}, got "
+                    f"{describe(logits_to_keep)}."
+                )
         embed_positions = jnp.arange(length, dtype=jnp.int32) if positions is None else positions
         x = embedder(tokens, embed_positions, deterministic=deterministic, rngs=rngs)
         new_layers = []
@@ -262,5 +272,7 @@ class DecoderStack(nnx.Module):
                 first_values = out[-1]
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if logits_to_keep is not None:  # the head's cost then scales with P, not T
+            x = jnp.take_along_axis(x, logits_to_keep[..., None], axis=1, mode="clip")
         logits = self.logits(embedder, x)
         return logits if cache is None else (logits, KVCache.from_layers(new_layers))
