@@ -37,7 +37,7 @@ from attention_jax.nn import TransformerConfig, TransformerLM
 MIXERS = ("softmax", "linear", "based", "gla", "deltanet", "gated_deltanet")
 CONV = {"deltanet": 4, "gated_deltanet": 4}  # the short convolution of their papers
 GRID = dict(seq_lens=(64, 128, 256), d_models=(32, 64, 128), lrs=(1e-3, 3e-3, 1e-2))
-QUICK = dict(seq_lens=(64,), d_models=(64,), lrs=(3e-3,))
+QUICK = dict(seq_lens=(64,), d_models=(64,), lrs=(1e-2,))  # the delta rule needs 1e-2
 QUICK_STEPS = 200
 
 
