@@ -176,6 +176,8 @@ def test_mqar_bad_flags(tmp_path):
     check(line, r"--seq-lens 100: must be a multiple of 16 \(pairs = n / 16\) below --vocab$")
     line = run_bad(script, "--d-models", "40", cwd=tmp_path)
     check(line, r"--d-models 40: must be a multiple of --head-dim 16$")
+    line = run_bad(script, "--chunk-size", 0, cwd=tmp_path)
+    check(line, r"--chunk-size must be an int >= 1, got 0$")
 
 
 def test_date_translation_bad_flags(tmp_path):
