@@ -648,7 +648,7 @@ def short_convolution(x: jax.Array, kernel: jax.Array) -> jax.Array:
         x.ndim != 3
         or kernel.ndim != 2
         or kernel.shape[1] != x.shape[2]
-        or (kernel.shape[0] > x.shape[1])
+        or kernel.shape[0] > x.shape[1]
     ):
         raise ValueError(
             f"{fn}: x must be [B, T + W - 1, C] and kernel [W, C] (or [W, 1, C]) with W <= "

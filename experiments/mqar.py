@@ -189,13 +189,13 @@ def train_cell(mixer, *, seq_len, d_model, args, key) -> list[dict]:
         (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps)
         return params, opt_state, losses[-1]
 
+    held_where, held_targets = scored(heldout)
+
     @jax.jit
     def accuracy(params):
-        where, targets = scored(heldout)
-
         def one(params):
-            pred = jnp.argmax(logits_fn(params, heldout.inputs, where), axis=-1)
-            return jnp.mean(pred == targets)
+            pred = jnp.argmax(logits_fn(params, heldout.inputs, held_where), axis=-1)
+            return jnp.mean(pred == held_targets)
 
         return jax.vmap(one)(params)
 

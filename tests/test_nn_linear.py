@@ -183,3 +183,20 @@ def test_linear_layers_reject_what_a_recurrence_cannot_do():
         layer(x, segment_ids=jnp.ones((B, 5), jnp.int32))
     with pytest.raises(ValueError, match="attention must not be 'deltanet' in a bidirectional"):
         ajnn.TransformerEncoder(lm_config(attention="deltanet"), rngs=nnx.Rngs(0))
+
+
+def test_short_convolution_runs_in_the_compute_dtype():
+    """bf16 compute: the convolution's output stays bf16 (its kernel is a float32 param),
+    as nnx.Conv(dtype=bfloat16) computes it."""
+    cfg = ajnn.TransformerConfig(
+        vocab_size=11, d_model=32, num_layers=1, num_heads=2, max_len=16, mlp="none",
+        positional="none", attention="deltanet", conv_size=4, dtype=jnp.bfloat16,
+    )  # fmt: skip
+    layer = ajnn.TransformerLM(cfg, rngs=nnx.Rngs(0)).blocks[0].attention
+    qkv = jax.random.normal(jax.random.key(1), (2, 5, 3 * 32), jnp.bfloat16)
+    out, tail = layer._short_conv(qkv, None)
+    padded = jnp.concatenate([jnp.zeros((2, 3, 3 * 32), jnp.bfloat16), qkv], axis=1)
+    want = jax.nn.silu(layer.conv(padded))
+    assert out.dtype == want.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(out.astype(jnp.float32), want.astype(jnp.float32), atol=5e-2)
+    chex.assert_trees_all_equal(tail, padded[:, -3:])

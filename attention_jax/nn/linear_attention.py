@@ -191,9 +191,9 @@ class LinearAttention(nnx.Module):
         if tail is None:
             tail = jnp.zeros((qkv.shape[0], width, qkv.shape[2]), qkv.dtype)
         padded = jnp.concatenate([tail.astype(qkv.dtype), qkv], axis=1)
-        return jax.nn.silu(short_convolution(padded, self.conv.kernel[...])), padded[
-            :, padded.shape[1] - width :
-        ]
+        # In the compute dtype, as nnx.Conv(dtype=config.dtype) would (it holds the kernel).
+        out = short_convolution(padded, self.conv.kernel[...].astype(qkv.dtype))
+        return jax.nn.silu(out), padded[:, padded.shape[1] - width :]
 
     def __call__(
         self,
