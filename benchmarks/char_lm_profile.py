@@ -6,8 +6,14 @@ the pieces of one layer (MLP, LayerNorm, embedding lookup, tied logits + cross-e
 forward and with gradients.
 
     python benchmarks/char_lm_profile.py
+    python benchmarks/char_lm_profile.py --no-tune-malloc   # glibc's default allocator settings
+
+Like ``attention_jax.train.train``, it calls ``tune_host_malloc()`` first (see
+``attention_jax/train/host_memory.py``). The MLP piece is timed both as ``nnx.Linear``
+applies it to ``[B, T, D]`` (a 3-D product) and as ``Dense`` does (``[B*T, D]``).
 """
 
+import argparse
 import statistics
 import time
 
@@ -41,6 +47,11 @@ def layer_norm(x, g):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's defaults")
+    args = parser.parse_args()
+    if not args.no_tune_malloc:
+        T.tune_host_malloc()
     cfg = TransformerConfig(
         vocab_size=V, d_model=D, num_layers=4, num_heads=4, max_len=L, positional="learned"
     )
@@ -76,7 +87,14 @@ def main():
     w2 = 0.02 * jax.random.normal(ks[4], (4 * D, D))
     emb = 0.02 * jax.random.normal(ks[5], (V, D))
     pieces = {
-        "MLP (gelu), one layer": (lambda h, w1, w2: (jax.nn.gelu(h @ w1) @ w2).sum(), (h, w1, w2)),
+        "MLP (gelu), one layer, 3-D products": (
+            lambda h, w1, w2: (jax.nn.gelu(h @ w1) @ w2).sum(),
+            (h, w1, w2),
+        ),
+        "MLP (gelu), one layer, 2-D products (Dense)": (
+            lambda h, w1, w2: (jax.nn.gelu(h.reshape(-1, D) @ w1) @ w2).sum(),
+            (h, w1, w2),
+        ),
         "LayerNorm, one": (lambda h, g: layer_norm(h, g).sum(), (h, jnp.ones(D))),
         "embedding lookup": (lambda e: e[x].sum(), (emb,)),
         "tied logits + cross-entropy": (

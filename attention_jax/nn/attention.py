@@ -26,6 +26,7 @@ from attention_jax.attention import dot_product_attention
 from attention_jax.nn.cache import AttentionCache, LatentCache, LayerCache
 from attention_jax.nn.checks import check_grid_positions
 from attention_jax.nn.config import CAUSAL_ONLY_ATTENTION, AttentionConfig
+from attention_jax.nn.dense import Dense
 from attention_jax.nn.positional import T5RelativeBias
 from attention_jax.parallel import DATA_AXIS, SEQUENCE_AXIS, context_parallel_attention
 from attention_jax.positional import alibi_bias, alibi_slopes, apply_rope, apply_rope_2d
@@ -149,19 +150,19 @@ class MultiHeadAttention(nnx.Module):
         norm = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
         if kind == "mla":
             r, c = config.rope_head_dim or 0, config.kv_latent_dim
-            self.query = nnx.Linear(in_features, n * (h + r), **kw)  # [q_content, q_rope]
+            self.query = Dense(in_features, n * (h + r), **kw)  # [q_content, q_rope]
             self.key = self.value = None
-            self.kv_down = nnx.Linear(context_features, c + r, **kw)  # [c_kv, k_rope]
+            self.kv_down = Dense(context_features, c + r, **kw)  # [c_kv, k_rope]
             self.kv_norm = nnx.RMSNorm(c, **norm)
             # No bias: the absorbed decoding path multiplies the latent by these weights.
-            self.kv_up = nnx.Linear(c, n * 2 * h, **{**kw, "use_bias": False})  # [k, v]
+            self.kv_up = Dense(c, n * 2 * h, **{**kw, "use_bias": False})  # [k, v]
         else:
             qkv = {**kw, "use_bias": config.use_bias or config.qkv_bias}
-            self.query = nnx.Linear(in_features, n * h, **qkv)
-            self.key = nnx.Linear(context_features, k * h, **qkv)
-            self.value = nnx.Linear(context_features, k * h, **qkv)
+            self.query = Dense(in_features, n * h, **qkv)
+            self.key = Dense(context_features, k * h, **qkv)
+            self.value = Dense(context_features, k * h, **qkv)
             self.kv_down = self.kv_norm = self.kv_up = None
-        self.out = nnx.Linear(n * h, out_features, **kw)
+        self.out = Dense(n * h, out_features, **kw)
         if config.qk_norm:
             self.q_norm = nnx.RMSNorm(self._qk_dim, **norm)
             self.k_norm = nnx.RMSNorm(self._qk_dim, **norm)
@@ -192,14 +193,14 @@ class MultiHeadAttention(nnx.Module):
             self.lambda_init = None
         # Forgetting attention: one forget gate per token and head from the layer input.
         self.forget_gate = (
-            nnx.Linear(in_features, n, **{**kw, "use_bias": True}) if kind == "forgetting" else None
+            Dense(in_features, n, **{**kw, "use_bias": True}) if kind == "forgetting" else None
         )
         zeros = nnx.initializers.zeros
         self.sinks = (
             nnx.Param(zeros(rngs.params(), (n,), config.param_dtype)) if config.sinks else None
         )
         gate_features = {"headwise": n, "elementwise": n * h, None: 0}[config.attention_gate]
-        self.gate = nnx.Linear(in_features, gate_features, **kw) if gate_features else None
+        self.gate = Dense(in_features, gate_features, **kw) if gate_features else None
         # Value residual: the first layer has nothing to mix; the others learn (lambda_1,
         # lambda_2) for lambda_1 v + lambda_2 v_first, initialized to 0.5 each.
         self.value_residual_lambdas = (

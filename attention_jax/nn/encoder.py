@@ -14,6 +14,7 @@ from attention_jax._checks import positions as checked_positions
 from attention_jax.attention import attention_pool
 from attention_jax.nn.checks import check_seq_lengths, check_tokens
 from attention_jax.nn.config import CAUSAL_ONLY_ATTENTION, TransformerConfig
+from attention_jax.nn.dense import Dense
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.stack import make_blocks, make_final_norm, stack_relative_bias
 
@@ -202,7 +203,7 @@ class TransformerClassifier(nnx.Module):
         self.pool_query = (
             nnx.Param(init(rngs.params(), shape, pdt)) if config.pooling == "attention" else None
         )
-        self.head = nnx.Linear(
+        self.head = Dense(
             config.d_model,
             config.num_classes,
             dtype=config.dtype,

@@ -28,6 +28,7 @@ from attention_jax.linear import (
 )
 from attention_jax.nn.cache import RecurrentCache
 from attention_jax.nn.config import LINEAR_ATTENTION, AttentionConfig
+from attention_jax.nn.dense import Dense
 
 __all__ = ["LinearAttention"]
 
@@ -96,10 +97,10 @@ class LinearAttention(nnx.Module):
             param_dtype=config.param_dtype,
             rngs=rngs,
         )
-        self.query = nnx.Linear(in_features, n * h, **kw)
-        self.key = nnx.Linear(in_features, k * h, **kw)
-        self.value = nnx.Linear(in_features, k * h, **kw)
-        self.out = nnx.Linear(n * h, in_features, **kw)
+        self.query = Dense(in_features, n * h, **kw)
+        self.key = Dense(in_features, k * h, **kw)
+        self.value = Dense(in_features, k * h, **kw)
+        self.out = Dense(n * h, in_features, **kw)
         channels = (n + 2 * k) * h
         self.conv = (
             nnx.Conv(
@@ -121,20 +122,20 @@ class LinearAttention(nnx.Module):
             nnx.RMSNorm(h, **norm) if kind in ("gla", "deltanet", "gated_deltanet") else None
         )
         self.output_gate = (
-            nnx.Linear(in_features, n * h, **kw) if kind in ("gla", "gated_deltanet") else None
+            Dense(in_features, n * h, **kw) if kind in ("gla", "gated_deltanet") else None
         )
         if kind == "gla":
-            self.decay_down = nnx.Linear(in_features, GLA_GATE_RANK, **{**kw, "use_bias": False})
-            self.decay_up = nnx.Linear(GLA_GATE_RANK, n * h, **{**kw, "use_bias": True})
+            self.decay_down = Dense(in_features, GLA_GATE_RANK, **{**kw, "use_bias": False})
+            self.decay_up = Dense(GLA_GATE_RANK, n * h, **{**kw, "use_bias": True})
         else:
             self.decay_down = self.decay_up = None
         self.beta = (
-            nnx.Linear(in_features, n, **{**kw, "use_bias": True})
+            Dense(in_features, n, **{**kw, "use_bias": True})
             if kind in ("deltanet", "gated_deltanet")
             else None
         )
         if kind == "gated_deltanet":
-            self.decay = nnx.Linear(in_features, n, **{**kw, "use_bias": False})
+            self.decay = Dense(in_features, n, **{**kw, "use_bias": False})
             a = jax.random.uniform(rngs.params(), (n,), jnp.float32, 1.0, 16.0)
             self.a_log = nnx.Param(jnp.log(a).astype(config.param_dtype))
             # dt in [1e-3, 1e-1] log-uniformly, stored through the inverse of softplus.

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention_jax._checks import check_choice
+from attention_jax.nn.dense import Dense
 
 __all__ = ["MLP", "MLP_KINDS"]
 
@@ -45,9 +46,9 @@ class MLP(nnx.Module):
         check_choice(kind, "kind", MLP_KINDS, fn="MLP")
         self.kind = kind
         kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.up = nnx.Linear(features, hidden_features, **kw)
-        self.gate = nnx.Linear(features, hidden_features, **kw) if kind == "swiglu" else None
-        self.down = nnx.Linear(hidden_features, features, **kw)
+        self.up = Dense(features, hidden_features, **kw)
+        self.gate = Dense(features, hidden_features, **kw) if kind == "swiglu" else None
+        self.down = Dense(hidden_features, features, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x [..., D]`` -> ``[..., D]``."""

@@ -24,6 +24,7 @@ from attention_jax.nn.block import TransformerBlock, make_norm
 from attention_jax.nn.cache import KVCache
 from attention_jax.nn.checks import check_cache, check_seq_lengths, check_tokens
 from attention_jax.nn.config import TransformerConfig
+from attention_jax.nn.dense import Dense
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.positional import T5RelativeBias
 
@@ -81,11 +82,11 @@ def make_final_norm(config: TransformerConfig, rngs: nnx.Rngs):
     )
 
 
-def make_output_head(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Linear | None:
+def make_output_head(config: TransformerConfig, rngs: nnx.Rngs) -> Dense | None:
     """``[D, V]`` logits projection, or None when the logits use the token embedding."""
     if config.tie_embeddings:
         return None
-    return nnx.Linear(
+    return Dense(
         config.d_model,
         config.vocab_size,
         use_bias=False,

@@ -15,6 +15,7 @@ from attention_jax._checks import check_choice, check_int, check_positive, check
 from attention_jax.nn.block import TransformerBlock, make_norm
 from attention_jax.nn.checks import check_images
 from attention_jax.nn.config import CAUSAL_ONLY_ATTENTION, AttentionConfig
+from attention_jax.nn.dense import Dense
 from attention_jax.nn.positional import LearnedPositionalEmbedding
 from attention_jax.positional import grid_positions, sinusoidal_encoding_2d
 from attention_jax.vision import _pair, patchify
@@ -190,7 +191,7 @@ class VisionTransformer(nnx.Module):
         self.config = config
 
         kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
-        self.patch_embedding = nnx.Linear(ph * pw * self.channels, d_model, **kw)
+        self.patch_embedding = Dense(ph * pw * self.channels, d_model, **kw)
         init = nnx.initializers.normal(stddev=0.02)
         self.cls_token = (
             nnx.Param(init(rngs.params(), (d_model,), config.param_dtype))
@@ -222,7 +223,7 @@ class VisionTransformer(nnx.Module):
             ]
         )
         self.final_norm = make_norm(norm, d_model, **kw, fn=fn) if prenorm else None
-        self.head = nnx.Linear(d_model, self.num_classes, **kw)
+        self.head = Dense(d_model, self.num_classes, **kw)
 
     def token_positions(self) -> jax.Array:
         """The ``(row, col)`` of every token on the patch grid, int32 ``[T, 2]``: patches in

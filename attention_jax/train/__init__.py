@@ -13,6 +13,7 @@ Typical use (see ``experiments/`` for complete scripts)::
 """
 
 from attention_jax.train.checkpoint import Checkpointer, load_params
+from attention_jax.train.host_memory import tune_host_malloc
 from attention_jax.train.logging import (
     MetricsLogger,
     count_params,

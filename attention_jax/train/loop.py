@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 from tqdm.std import tqdm  # tqdm.auto warns in notebooks without ipywidgets
 
 from attention_jax.train.checkpoint import Checkpointer
+from attention_jax.train.host_memory import tune_host_malloc
 from attention_jax.train.logging import MetricsLogger, plot_history
 from attention_jax.train.loss import lm_loss, unpack_batch
 from attention_jax.train.sharding import place, replicated
@@ -122,6 +123,7 @@ def train(
     shard_params: bool = False,
     progress: bool = True,
     desc: str | None = None,
+    tune_malloc: bool = True,
 ) -> TrainResult:
     """Trains ``model`` in place for ``steps`` steps.
 
@@ -156,6 +158,9 @@ def train(
       mesh, shard_params: data parallelism, see :class:`attention_jax.train.TrainStep`.
       progress: show a tqdm progress bar (loss, tokens/s).
       desc: progress bar label.
+      tune_malloc: on the CPU backend, call :func:`attention_jax.train.tune_host_malloc`
+        first (glibc keeps freed step buffers instead of faulting them in again every
+        step; about 1.4x faster char-LM steps). False leaves the allocator alone.
 
     Returns:
       A :class:`TrainResult`.
@@ -166,6 +171,8 @@ def train(
     """
     if steps < 0 or log_interval < 1:
         raise ValueError(f"need steps >= 0 and log_interval >= 1, got {steps}, {log_interval}.")
+    if tune_malloc and jax.default_backend() == "cpu":
+        tune_host_malloc()
     ts = TrainStep(
         model, optimizer, batch_fn=batch_fn, loss_fn=loss_fn, mesh=mesh, shard_params=shard_params
     )

@@ -1,0 +1,271 @@
+"""Training-step time and validation loss of ``experiments/char_lm.py`` against nanoGPT,
+measured in one run on the same machine (its CPU "baby GPT": 4 layers, 4 heads, d_model
+128, context 64, batch 12, lr 1e-3 -> 1e-4, 2000 iterations, no dropout).
+
+nanoGPT is not part of this repository: pass a checkout with ``--nanogpt PATH`` (a pinned
+copy lives at ``../shared/peers/nanogpt``, the default when it exists). Without one the
+script says so and exits 0. nanoGPT runs from a working copy under ``--out`` (its
+``train.py`` writes next to itself), with PyTorch eager (``--compile=False``) on the CPU.
+
+Each repeat runs the two programs one after the other (the order alternates between
+repeats), each in its own process:
+
+* nanoGPT: ``train.py config/train_shakespeare_char.py --device=cpu --compile=False
+  --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4
+  --n_embd=128 --max_iters=N --lr_decay_iters=N --dropout=0.0``; its ms/iteration is the
+  median of the per-iteration times it prints (iterations after the first), its validation
+  loss the last ``val loss`` it prints (20 random batches).
+  It runs with glibc's default allocator settings unless ``--nanogpt-tuned-malloc``.
+* ours: ``experiments/char_lm.py --steps N`` (the same recipe by default); ms/step is the
+  median of its logged intervals, and it reports both the 20-batch and the whole-split
+  validation loss.
+
+    python benchmarks/nanogpt_compare.py --data ../shared/data/tinyshakespeare.txt \\
+        --out out/nanogpt_compare --repeats 3
+    python benchmarks/nanogpt_compare.py --iters 300 --repeats 1   # a quick look
+
+Writes ``results.json`` and ``results.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_NANOGPT = ROOT.parent / "shared" / "peers" / "nanogpt"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+BABY_GPT = [
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=1",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--dropout=0.0",
+]
+# What attention_jax.train.tune_host_malloc sets, as environment variables (for the peer).
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+ITER_RE = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms", re.M)
+EVAL_RE = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", re.M)
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its AVX-512 / AMX flags (Linux), else ``platform``'s."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
+    isa = sorted(
+        {f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx"))}
+    )
+    return f"{name.group(1) if name else platform.machine()} ({' '.join(isa)})"
+
+
+def prepare_nanogpt(src: Path, data: Path, work: Path, python: str) -> Path:
+    """A working copy of nanoGPT with ``data/shakespeare_char/{train,val}.bin`` made from
+    ``data`` by nanoGPT's own ``prepare.py``."""
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(src, work, ignore=shutil.ignore_patterns("out*", "*.bin", "*.pkl"))
+    prep = work / "data" / "shakespeare_char"
+    shutil.copyfile(data, prep / "input.txt")
+    subprocess.run([python, "prepare.py"], cwd=prep, check=True, capture_output=True, text=True)
+    return work
+
+
+def run_nanogpt(work: Path, iters: int, python: str, log: Path, *, malloc_env: bool) -> dict:
+    cmd = [
+        python,
+        "train.py",
+        "config/train_shakespeare_char.py",
+        *BABY_GPT,
+        f"--max_iters={iters}",
+        f"--lr_decay_iters={iters}",
+        f"--out_dir={work / 'out'}",
+    ]
+    env = dict(os.environ, **(MALLOC_ENV if malloc_env else {}))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nanoGPT failed (see {log}):\n{proc.stderr[-2000:]}")
+    times = [float(t) for i, _, t in ITER_RE.findall(proc.stdout) if int(i) > 0]
+    evals = EVAL_RE.findall(proc.stdout)
+    return {
+        "ms_per_step": statistics.median(times),
+        "val_loss_20": float(evals[-1][2]) if evals else None,
+        "train_loss_20": float(evals[-1][1]) if evals else None,
+        "wall_s": wall,
+        "command": " ".join(cmd[1:]),
+    }
+
+
+def run_ours(data: Path, iters: int, out: Path, extra: list[str], log: Path) -> dict:
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "char_lm.py"),
+        f"--data={data}",
+        f"--out={out}",
+        f"--steps={iters}",
+        "--no-progress",
+        "--sample=0",
+        *extra,
+    ]
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"char_lm.py failed (see {log}):\n{proc.stderr[-2000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    return {
+        "ms_per_step": m["ms_per_step_median"],
+        "val_loss_20": m["val_loss"],
+        "val_loss_full": m.get("val_loss_full"),
+        "train_loss_20": m["train_loss"],
+        "compile_s": m["compile_seconds"],
+        "wall_s": wall,
+        "command": " ".join(["experiments/char_lm.py", *cmd[2:]]),
+    }
+
+
+def fmt(x, spec=".1f"):
+    return "-" if x is None else format(x, spec)
+
+
+def markdown(rows: list[dict], summary: dict) -> str:
+    lines = [
+        "| repeat | nanoGPT ms/iter | ours ms/step | ours / nanoGPT | nanoGPT val (20 batches) "
+        "| ours val (20 batches) | ours val (whole split) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        n, o = r["nanogpt"], r["ours"]
+        lines.append(
+            f"| {r['repeat']} | {fmt(n['ms_per_step'])} | {fmt(o['ms_per_step'])} "
+            f"| {o['ms_per_step'] / n['ms_per_step']:.2f} | {fmt(n['val_loss_20'], '.4f')} "
+            f"| {fmt(o['val_loss_20'], '.4f')} | {fmt(o['val_loss_full'], '.4f')} |"
+        )
+    lines.append(
+        f"| median | {summary['nanogpt_ms']:.1f} | {summary['ours_ms']:.1f} "
+        f"| {summary['ratio_median']:.2f} | | | |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    doc = __doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--nanogpt", type=Path, default=DEFAULT_NANOGPT, help="nanoGPT checkout")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="tinyshakespeare.txt")
+    parser.add_argument("--iters", type=int, default=2000, help="iterations of each run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("out/nanogpt_compare"))
+    parser.add_argument("--python", default=sys.executable, help="interpreter for nanoGPT")
+    parser.add_argument(
+        "--char-lm-args", default="", help="extra flags for char_lm.py (one string)"
+    )
+    parser.add_argument(
+        "--nanogpt-tuned-malloc",
+        action="store_true",
+        help="run nanoGPT with the allocator settings char_lm.py applies (MALLOC_MMAP_MAX_=0 "
+        "MALLOC_TRIM_THRESHOLD_=1073741824) instead of glibc's defaults",
+    )
+    args = parser.parse_args(argv)
+    if args.iters < 2 or args.repeats < 1:
+        parser.error(f"--iters must be >= 2 and --repeats >= 1, got {args.iters}, {args.repeats}")
+    if not (args.nanogpt / "train.py").exists() or not (args.nanogpt / "model.py").exists():
+        print(
+            f"--nanogpt {args.nanogpt}: no nanoGPT checkout there (train.py, model.py); "
+            "the comparison is skipped. Pass --nanogpt PATH to a karpathy/nanoGPT checkout."
+        )
+        return 0
+    try:
+        import torch  # noqa: F401  (nanoGPT's only heavy dependency)
+    except ImportError:
+        if args.python == sys.executable:
+            print("PyTorch is not installed (pip install torch); the comparison is skipped.")
+            return 0
+    if not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file (the Tiny Shakespeare text)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = prepare_nanogpt(args.nanogpt, args.data, args.out / "nanogpt_work", args.python)
+    extra = args.char_lm_args.split()
+    rows = []
+    for r in range(args.repeats):
+        order = ("nanogpt", "ours") if r % 2 == 0 else ("ours", "nanogpt")
+        row = {"repeat": r + 1, "order": list(order)}
+        for who in order:
+            print(f"repeat {r + 1}/{args.repeats}: {who} ({args.iters} iterations)", flush=True)
+            if who == "nanogpt":
+                row[who] = run_nanogpt(
+                    work,
+                    args.iters,
+                    args.python,
+                    args.out / f"nanogpt_{r}.log",
+                    malloc_env=args.nanogpt_tuned_malloc,
+                )
+            else:
+                row[who] = run_ours(
+                    args.data,
+                    args.iters,
+                    args.out / f"char_lm_{r}",
+                    extra,
+                    args.out / f"char_lm_{r}.log",
+                )
+            print(f"  {row[who]['ms_per_step']:.1f} ms/step, val {row[who]['val_loss_20']}")
+        rows.append(row)
+
+    ratios = [r["ours"]["ms_per_step"] / r["nanogpt"]["ms_per_step"] for r in rows]
+    summary = {
+        "nanogpt_ms": statistics.median(r["nanogpt"]["ms_per_step"] for r in rows),
+        "ours_ms": statistics.median(r["ours"]["ms_per_step"] for r in rows),
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+    }
+    import jax
+    import torch
+
+    env = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "iters": args.iters,
+        "load_average_after": os.getloadavg(),
+        "nanogpt_tuned_malloc": args.nanogpt_tuned_malloc,
+    }
+    md = markdown(rows, summary)
+    (args.out / "results.json").write_text(
+        json.dumps({"environment": env, "summary": summary, "runs": rows}, indent=2)
+    )
+    (args.out / "results.md").write_text(md + "\n")
+    print(f"{env['cpu']}; jax {env['jax']}, torch {env['torch']}; {args.iters} iterations")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
