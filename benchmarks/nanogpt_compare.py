@@ -24,6 +24,14 @@ repeats), each in its own process:
         --out out/nanogpt_compare --repeats 3
     python benchmarks/nanogpt_compare.py --iters 300 --repeats 1   # a quick look
 
+Generation (``--parts generation``): :func:`attention_jax.nn.generate` (KV cache, one
+compiled prefill + ``lax.while_loop``) against nanoGPT's ``GPT.generate`` as ``sample.py``
+calls it (PyTorch, ``no_grad``, the whole prefix recomputed for each new token), on freshly
+initialized models of the baby GPT's size with room for the whole sequence (``block_size``
+/ ``max_len`` = 64 + 500): a 64-token prompt, 500 new tokens, temperature 0.8, batch 1 and
+16. Tokens/s counts new tokens (batch x 500) per second, the median of ``--repeats`` runs
+after a first one; our first run's extra time is reported as compile time.
+
 Writes ``results.json`` and ``results.md`` into ``--out``.
 """
 
@@ -148,6 +156,91 @@ def run_ours(data: Path, iters: int, out: Path, extra: list[str], log: Path) -> 
     }
 
 
+GEN_PROMPT, GEN_NEW, GEN_BATCHES = 64, 500, (1, 16)
+
+
+def run_generation(nanogpt: Path, repeats: int) -> list[dict]:
+    """Tokens/s of our cached ``generate`` and of nanoGPT's ``GPT.generate`` (no cache)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from flax import nnx
+
+    from attention_jax.nn import TransformerConfig, TransformerLM, generate
+
+    sys.path.insert(0, str(nanogpt))
+    from model import GPT, GPTConfig  # nanoGPT's model.py
+
+    max_len = GEN_PROMPT + GEN_NEW
+    torch.manual_seed(0)
+    peer = GPT(
+        GPTConfig(
+            block_size=max_len, vocab_size=65, n_layer=4, n_head=4, n_embd=128,
+            dropout=0.0, bias=False,
+        )
+    ).eval()  # fmt: skip
+    config = TransformerConfig(
+        vocab_size=65, d_model=128, num_layers=4, num_heads=4, max_len=max_len,
+        positional="learned", norm="layernorm", mlp="gelu", use_bias=False,
+        tie_embeddings=True,
+    )  # fmt: skip
+    model = TransformerLM(config, rngs=nnx.Rngs(0))
+    rows = []
+    for batch in GEN_BATCHES:
+        prompt = np.random.default_rng(0).integers(0, 65, (batch, GEN_PROMPT))
+
+        def ours(i, prompt=prompt):
+            key = jax.random.key(i)
+            return generate(model, jnp.asarray(prompt), GEN_NEW, rng=key, temperature=0.8)
+
+        def theirs(i, prompt=prompt):
+            torch.manual_seed(i)
+            with torch.no_grad():
+                return peer.generate(torch.from_numpy(prompt), GEN_NEW, temperature=0.8)
+
+        times = {}
+        for who, fn in (("ours", lambda i: jax.block_until_ready(ours(i))), ("nanogpt", theirs)):
+            ts = []
+            for i in range(repeats + 1):
+                t0 = time.perf_counter()
+                out = fn(i)
+                ts.append(time.perf_counter() - t0)
+            assert tuple(out.shape) == (batch, max_len), out.shape
+            times[who] = (ts[0], statistics.median(ts[1:]))
+        rows.append(
+            {
+                "batch": batch,
+                "ours_tokens_per_s": batch * GEN_NEW / times["ours"][1],
+                "nanogpt_tokens_per_s": batch * GEN_NEW / times["nanogpt"][1],
+                "ours_seconds": times["ours"][1],
+                "nanogpt_seconds": times["nanogpt"][1],
+                "ours_compile_s": times["ours"][0] - times["ours"][1],
+            }
+        )
+        print(
+            f"  batch {batch}: ours {rows[-1]['ours_tokens_per_s']:,.0f} tokens/s "
+            f"(compile {rows[-1]['ours_compile_s']:.1f} s), nanoGPT "
+            f"{rows[-1]['nanogpt_tokens_per_s']:,.0f} tokens/s",
+            flush=True,
+        )
+    return rows
+
+
+def generation_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| batch | ours tokens/s | nanoGPT tokens/s | ours / nanoGPT speed | ours compile s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['ours_tokens_per_s']:,.0f} | {r['nanogpt_tokens_per_s']:,.0f} "
+            f"| {r['ours_tokens_per_s'] / r['nanogpt_tokens_per_s']:.1f}x "
+            f"| {r['ours_compile_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def fmt(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
@@ -190,7 +283,15 @@ def main(argv=None) -> int:
         help="run nanoGPT with the allocator settings char_lm.py applies (MALLOC_MMAP_MAX_=0 "
         "MALLOC_TRIM_THRESHOLD_=1073741824) instead of glibc's defaults",
     )
+    parser.add_argument(
+        "--parts",
+        default="train,generation",
+        help="comma-separated: train (the training runs), generation (tokens/s)",
+    )
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or not parts <= {"train", "generation"}:
+        parser.error(f"--parts must name train and/or generation, got {args.parts!r}")
     if args.iters < 2 or args.repeats < 1:
         parser.error(f"--iters must be >= 2 and --repeats >= 1, got {args.iters}, {args.repeats}")
     if not (args.nanogpt / "train.py").exists() or not (args.nanogpt / "model.py").exists():
@@ -209,6 +310,43 @@ def main(argv=None) -> int:
         parser.error(f"--data {args.data}: no such file (the Tiny Shakespeare text)")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {}
+    md: list[str] = []
+    if "train" in parts:
+        rows, summary = run_training(args)
+        result.update(summary=summary, runs=rows)
+        md.append(markdown(rows, summary))
+    if "generation" in parts:
+        print(f"generation: {GEN_PROMPT}-token prompt, {GEN_NEW} new tokens", flush=True)
+        rows = run_generation(args.nanogpt, args.repeats)
+        result["generation"] = rows
+        md.append(generation_markdown(rows))
+    import jax
+    import torch
+
+    result["environment"] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "iters": args.iters,
+        "repeats": args.repeats,
+        "parts": sorted(parts),
+        "load_average_after": os.getloadavg(),
+        "nanogpt_tuned_malloc": args.nanogpt_tuned_malloc,
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    (args.out / "results.md").write_text("\n\n".join(md) + "\n")
+    env = result["environment"]
+    print(f"{env['cpu']}; jax {env['jax']}, torch {env['torch']}")
+    print("\n\n".join(md))
+    return 0
+
+
+def run_training(args) -> tuple[list[dict], dict]:
+    """``--repeats`` pairs of training runs, alternating which goes first."""
     work = prepare_nanogpt(args.nanogpt, args.data, args.out / "nanogpt_work", args.python)
     extra = args.char_lm_args.split()
     rows = []
@@ -227,15 +365,11 @@ def main(argv=None) -> int:
                 )
             else:
                 row[who] = run_ours(
-                    args.data,
-                    args.iters,
-                    args.out / f"char_lm_{r}",
-                    extra,
+                    args.data, args.iters, args.out / f"char_lm_{r}", extra,
                     args.out / f"char_lm_{r}.log",
-                )
+                )  # fmt: skip
             print(f"  {row[who]['ms_per_step']:.1f} ms/step, val {row[who]['val_loss_20']}")
         rows.append(row)
-
     ratios = [r["ours"]["ms_per_step"] / r["nanogpt"]["ms_per_step"] for r in rows]
     summary = {
         "nanogpt_ms": statistics.median(r["nanogpt"]["ms_per_step"] for r in rows),
@@ -243,28 +377,7 @@ def main(argv=None) -> int:
         "ratio_median": statistics.median(ratios),
         "ratios": ratios,
     }
-    import jax
-    import torch
-
-    env = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "iters": args.iters,
-        "load_average_after": os.getloadavg(),
-        "nanogpt_tuned_malloc": args.nanogpt_tuned_malloc,
-    }
-    md = markdown(rows, summary)
-    (args.out / "results.json").write_text(
-        json.dumps({"environment": env, "summary": summary, "runs": rows}, indent=2)
-    )
-    (args.out / "results.md").write_text(md + "\n")
-    print(f"{env['cpu']}; jax {env['jax']}, torch {env['torch']}; {args.iters} iterations")
-    print(md)
-    return 0
+    return rows, summary
 
 
 if __name__ == "__main__":
