@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attention_jax.nn.dense import Dense
+from attention_jax.nn import Dense
 
 
 @pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 5), (2, 1, 3, 5)])

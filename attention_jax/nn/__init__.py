@@ -20,6 +20,7 @@ from attention_jax.nn.config import (
     AttentionConfig,
     TransformerConfig,
 )
+from attention_jax.nn.dense import Dense
 from attention_jax.nn.embedding import Embedder
 from attention_jax.nn.encoder import TransformerClassifier, TransformerEncoder
 from attention_jax.nn.encoder_decoder import EncoderDecoder
