@@ -349,6 +349,8 @@ def run_training(args) -> tuple[list[dict], dict]:
     """``--repeats`` pairs of training runs, alternating which goes first."""
     work = prepare_nanogpt(args.nanogpt, args.data, args.out / "nanogpt_work", args.python)
     extra = args.char_lm_args.split()
+    if args.iters < 100 and not any(a.startswith("--log-interval") for a in extra):
+        extra.append("--log-interval=1")  # a short run still has whole logging intervals
     rows = []
     for r in range(args.repeats):
         order = ("nanogpt", "ours") if r % 2 == 0 else ("ours", "nanogpt")

@@ -36,10 +36,14 @@ def test_without_nanogpt_it_says_so_and_exits_0(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_iters_is_one_line_and_exit_2(tmp_path):
-    out = run_script("--iters", "1", cwd=tmp_path)
+@pytest.mark.parametrize(
+    "flags, message",
+    [(("--iters", "1"), "--iters must be >= 2"), (("--parts", "speed"), "--parts must name")],
+)
+def test_bad_flags_are_one_line_and_exit_2(tmp_path, flags, message):
+    out = run_script(*flags, cwd=tmp_path)
     assert out.returncode == 2
-    assert "--iters must be >= 2" in out.stderr.strip().splitlines()[-1]
+    assert message in out.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -48,7 +52,7 @@ def test_bad_iters_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
 def test_a_short_comparison_writes_its_results(tmp_path):
     out = run_script(
-        "--nanogpt", NANOGPT, "--data", DATA, "--iters", 3, "--repeats", 1,
+        "--nanogpt", NANOGPT, "--data", DATA, "--iters", 3, "--repeats", 1, "--parts", "train",
         "--out", tmp_path / "o", cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
