@@ -292,6 +292,7 @@ def plot(best: dict, args, path) -> None:
 def main(argv=None):
     p = make_parser()
     args = parse_args(argv, p)
+    T.tune_host_malloc()  # its own loop, not T.train: keep the step buffers out of mmap
     t_start = time.perf_counter()
     out = common.output_dir(args.out)
     runs = []
