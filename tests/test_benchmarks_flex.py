@@ -4,28 +4,18 @@ one line with exit status 2 before JAX compiles anything."""
 
 import importlib.util
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+import script_helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "flex.py"
 
 
 def run_script(*args, cwd, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
+    return script_helpers.run_script(SCRIPT, *args, cwd=cwd, timeout=timeout, JAX_LOG_COMPILES="1")
 
 
 def check_outputs(out: pathlib.Path, cases: list[str], *, torch: bool, memory: bool) -> dict:

@@ -4,12 +4,10 @@ and PyTorch it runs both programs for a few iterations and writes its results.""
 
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+import script_helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "nanogpt_compare.py"
@@ -18,15 +16,7 @@ DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def run_script(*args, cwd, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
+    return script_helpers.run_script(SCRIPT, *args, cwd=cwd, timeout=timeout)
 
 
 def test_without_nanogpt_it_says_so_and_exits_0(tmp_path):
