@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -69,20 +68,6 @@ BABY_GPT = [
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 ITER_RE = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms", re.M)
 EVAL_RE = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", re.M)
-
-
-def cpu_model() -> str:
-    """The CPU's model name and its AVX-512 / AMX flags (Linux), else ``platform``'s."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
-    isa = sorted(
-        {f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx"))}
-    )
-    return f"{name.group(1) if name else platform.machine()} ({' '.join(isa)})"
 
 
 def prepare_nanogpt(src: Path, data: Path, work: Path, python: str) -> Path:
@@ -321,26 +306,20 @@ def main(argv=None) -> int:
         rows = run_generation(args.nanogpt, args.repeats)
         result["generation"] = rows
         md.append(generation_markdown(rows))
-    import jax
-    import torch
+    import flex  # the sibling benchmark: versions, CPU model and ISA, load, command
 
     result["environment"] = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        **flex.machine_info("cpu", with_torch=True),
         "iters": args.iters,
         "repeats": args.repeats,
         "parts": sorted(parts),
-        "load_average_after": os.getloadavg(),
         "nanogpt_tuned_malloc": args.nanogpt_tuned_malloc,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     (args.out / "results.md").write_text("\n\n".join(md) + "\n")
     env = result["environment"]
-    print(f"{env['cpu']}; jax {env['jax']}, torch {env['torch']}")
+    isa = " ".join(env.get("isa", []))
+    print(f"{env.get('cpu')} ({isa}); jax {env['jax']}, torch {env.get('torch')}")
     print("\n\n".join(md))
     return 0
 
