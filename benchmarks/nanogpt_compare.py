@@ -286,11 +286,12 @@ def main(argv=None) -> int:
         )
         return 0
     try:
-        import torch  # noqa: F401  (nanoGPT's only heavy dependency)
+        # nanoGPT's only heavy dependency; this process needs it too (the generation peer
+        # and the environment record), whatever --python runs nanoGPT's train.py.
+        import torch  # noqa: F401
     except ImportError:
-        if args.python == sys.executable:
-            print("PyTorch is not installed (pip install torch); the comparison is skipped.")
-            return 0
+        print("PyTorch is not installed (pip install torch); the comparison is skipped.")
+        return 0
     if not args.data.is_file():
         parser.error(f"--data {args.data}: no such file (the Tiny Shakespeare text)")
 
