@@ -828,7 +828,7 @@ def flash_attention_canonical(
         _block_sizes(inp, block_q, block_k, fn)
         return _empty_result(inp) if residuals is None else residuals
     cfg, q, k, v, bias_int, consts, aux, mask_consts = _setup(inp, block_q, block_k, fn)
-    nq, bq, g, tp = cfg.nq, cfg.bq, cfg.groups, cfg.nq * cfg.bq
+    nq, bq, g = cfg.nq, cfg.bq, cfg.groups
     if residuals is None:
         out, lse = _flash_core(cfg, q, k, v, bias_int, inp.sinks, consts, aux, mask_consts)
     else:
@@ -836,15 +836,11 @@ def flash_attention_canonical(
         # query rows get lse = -inf (no key: zero weights) and, by autodiff, zero dO.
         out_u, lse_u = residuals
         out_i = _query_rows_to_internal(out_u, nq, bq, kh, g)
-        lse_i = _pad_axis(lse_u.astype(cfg.acc), 2, tp, -jnp.inf).reshape(b, kh, g, nq, bq)
-        lse_i = lse_i.transpose(3, 0, 1, 4, 2).reshape(nq, b, kh, bq * g)
+        lse_i = _lse_to_internal(lse_u.astype(cfg.acc), nq, bq, kh, g)
         out, lse = _flash_given(
             cfg, q, k, v, bias_int, inp.sinks, consts, aux, mask_consts, out_i, lse_i
         )
-    # [nq, B, K, bq * G, H] -> [B, T, N, H]; lse [nq, B, K, bq * G] -> [B, N, T].
-    out = out.reshape(nq, b, kh, bq, g, h).transpose(1, 0, 3, 2, 4, 5).reshape(b, tp, n, h)
-    lse = lse.reshape(nq, b, kh, bq, g).transpose(1, 2, 4, 0, 3).reshape(b, n, tp)
-    return out[:, :t], lse[..., :t]
+    return _query_rows_from_internal(out, t, g), _lse_from_internal(lse, t, g)
 
 
 def flash_block_plan(
@@ -863,6 +859,36 @@ def _query_rows_to_internal(x, nq: int, bq: int, kh: int, g: int):
     b, h = x.shape[0], x.shape[-1]
     x = _pad_axis(x, 1, nq * bq).reshape(b, nq, bq, kh, g, h)
     return x.transpose(1, 0, 3, 2, 4, 5).reshape(nq, b, kh, bq * g, h)
+
+
+def _query_rows_from_internal(x, t: int, g: int):
+    """``[nq, B, K, bq * G, H]`` -> ``[B, T, N, H]`` (the padded rows dropped)."""
+    nq, b, kh, m, h = x.shape
+    bq = m // g
+    x = x.reshape(nq, b, kh, bq, g, h).transpose(1, 0, 3, 2, 4, 5)
+    return x.reshape(b, nq * bq, kh * g, h)[:, :t]
+
+
+def _lse_to_internal(x, nq: int, bq: int, kh: int, g: int):
+    """``[B, N, T]`` -> ``[nq, B, K, bq * G]``; padded rows get ``-inf`` (no key: zero
+    weights)."""
+    b = x.shape[0]
+    x = _pad_axis(x, 2, nq * bq, -jnp.inf).reshape(b, kh, g, nq, bq)
+    return x.transpose(3, 0, 1, 4, 2).reshape(nq, b, kh, bq * g)
+
+
+def _lse_from_internal(x, t: int, g: int):
+    """``[nq, B, K, bq * G]`` -> ``[B, N, T]``."""
+    nq, b, kh, m = x.shape
+    bq = m // g
+    x = x.reshape(nq, b, kh, bq, g).transpose(1, 2, 4, 0, 3)
+    return x.reshape(b, kh * g, nq * bq)[..., :t]
+
+
+def _keys_to_internal(x, nk: int, bk: int):
+    """``[B, S, K, H]`` -> ``[nk, B, K, bk, H]`` (zero-padded to ``nk * bk`` keys)."""
+    b, _, kh, h = x.shape
+    return _pad_axis(x, 1, nk * bk).reshape(b, nk, bk, kh, h).transpose(1, 0, 3, 2, 4)
 
 
 def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
@@ -886,8 +912,7 @@ def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
     else:  # scale half-precision queries in float32, then round once
         q = (q.astype(jnp.float32) * jnp.asarray(inp.scale, jnp.float32)).astype(dtype)
     q = _query_rows_to_internal(q, nq, bq, kh, g)
-    k = _pad_axis(inp.key, 1, sp).reshape(b, nk, bk, kh, h).transpose(1, 0, 3, 2, 4)
-    v = _pad_axis(inp.value, 1, sp).reshape(b, nk, bk, kh, h).transpose(1, 0, 3, 2, 4)
+    k, v = _keys_to_internal(inp.key, nk, bk), _keys_to_internal(inp.value, nk, bk)
 
     bias_int = None
     if inp.bias is not None:
@@ -1015,6 +1040,13 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
             f"out must be [B, T, N, H] (or [T, N, H]) and lse [B, N, T] (or [N, T]), got "
             f"out {out_a.shape} and lse {lse_a.shape}."
         )
+    out, lse = _merge_rows(out_a, jnp.swapaxes(lse_a, -1, -2), out_b, jnp.swapaxes(lse_b, -1, -2))
+    return out.astype(out_a.dtype), jnp.swapaxes(lse, -1, -2)
+
+
+def _merge_rows(out_a, lse_a, out_b, lse_b):
+    """:func:`merge_attention` for any layout whose ``lse`` is ``out``'s shape without its
+    last (head-dim) axis; the output in the compute dtype of ``lse_a``."""
     ct = _checks.compute_dtype(lse_a.dtype)
     lse_a, lse_b = lse_a.astype(ct), lse_b.astype(ct)
     m = jnp.maximum(lse_a, lse_b)
@@ -1024,9 +1056,5 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     empty = total == 0.0
     total_safe = jnp.where(empty, 1.0, total)
     lse = jnp.where(empty, -jnp.inf, m_safe + jnp.log(total_safe))
-
-    def rows(w):  # [.., N, T] -> [.., T, N, 1]
-        return jnp.swapaxes(w / total_safe, -1, -2)[..., None]
-
-    out = rows(w_a) * out_a.astype(ct) + rows(w_b) * out_b.astype(ct)
-    return out.astype(out_a.dtype), lse
+    w_a, w_b = (w_a / total_safe)[..., None], (w_b / total_safe)[..., None]
+    return w_a * out_a.astype(ct) + w_b * out_b.astype(ct), lse

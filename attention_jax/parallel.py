@@ -30,8 +30,10 @@ Shape letters: ``B`` batch, ``T`` global sequence length, ``t = T / P`` tokens p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +42,24 @@ from jax import lax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from attention_jax import _checks
-from attention_jax.flash import flash_attention, flash_attention_backward_at, merge_attention
+from attention_jax._inputs import canonicalize_attention_inputs
+from attention_jax.flash import (
+    _backward as _flash_backward,
+)
+from attention_jax.flash import (
+    _forward as _flash_forward,
+)
+from attention_jax.flash import (
+    _lse_from_internal,
+    _merge_rows,
+    _query_rows_from_internal,
+    flash_attention,
+    merge_attention,
+)
+from attention_jax.flash import (
+    _setup as _flash_setup,
+)
+from attention_jax.flex import create_block_mask
 
 __all__ = [
     "CONTEXT_PARALLEL_STRATEGIES",
@@ -189,12 +208,14 @@ def ring_attention(
       L = \log \sum_r e^{L_r}, \qquad o = \sum_r e^{L_r - L}\, o_r .
 
     Under a causal mask a shard wholly in the queries' future is skipped (``lax.cond``).
-    The backward pass is a ``jax.custom_vjp`` running the same ring: each step recomputes
-    its block of attention and takes the flash VJP with cotangents
-    :math:`(e^{L_r - L}\,dO,\ e^{L_r - L}\,\mathrm{rowsum}(dO \odot (o_r - o)))`, adds
-    the gradient of the held K/V shard to accumulators that travel with it, and after
-    ``P`` steps every K/V gradient is back on its device. Memory per device: the local
-    shards, one travelling K/V shard and its gradients, plus flash blocks.
+    The backward pass is a ``jax.custom_vjp`` running the same ring: at each step flash
+    attention's backward pass runs at the merged output and log-sum-exp (with the final
+    :math:`L` the held shard's weights :math:`e^{s - L}` are the final ones, so this is its
+    exact share of the gradient and no forward block is recomputed), the gradient of the
+    held K/V shard is added to accumulators that travel with it, and after ``P`` steps every
+    K/V gradient is back on its device. Everything in the ring stays in flash's internal
+    blocked layout, converted once before and after it. Memory per device: the local
+    shards, one travelling K/V shard and its gradients, plus flash blocks: O(t), never O(T).
 
     Args:
       query: ``[B, t, N, H]`` this device's query shard.
@@ -228,66 +249,36 @@ def ring_attention(
     num_shards = lax.axis_size(axis_name)
     index = lax.axis_index(axis_name)
     pos = shard_positions(index, num_shards, t, load_balance=load_balance)
-    options = dict(
-        is_causal=is_causal,
+    seg_pair = None if seg is None else (seg, seg)
+    inp = canonicalize_attention_inputs(
+        query,
+        key,
+        value,
         scale=scale,
+        is_causal=is_causal,
         local_window_size=local_window_size,
+        segment_ids=seg_pair,
+        query_positions=pos,
+        key_value_positions=pos,
         bias_fn=bias_fn,
         score_mod=score_mod,
         mask_mod=mask_mod,
         softcap=softcap,
-        block_q=block_q,
-        block_k=block_k,
+        fn=fn,
     )
-
-    def block(q, k, v, q_pos, q_seg, kv_pos, kv_seg):
-        """Flash attention of the local queries against one K/V shard: ``(o_r, L_r)``."""
-        return flash_attention(
-            q,
-            k,
-            v,
-            query_positions=q_pos,
-            key_value_positions=kv_pos,
-            segment_ids=None if seg is None else (q_seg, kv_seg),
-            return_residuals=True,
-            **options,
-        )
-
-    def block_given(q, k, v, q_pos, q_seg, kv_pos, kv_seg, out, lse):
-        """The same block at the merged ``(out, lse)``: its VJP is the block's exact share
-        of the gradient (the backward ring recomputes no forward block)."""
-        return flash_attention_backward_at(
-            q,
-            k,
-            v,
-            out,
-            lse,
-            query_positions=q_pos,
-            key_value_positions=kv_pos,
-            segment_ids=None if seg is None else (q_seg, kv_seg),
-            **options,
-        )
-
-    # Arrays that bias_fn / score_mod / mask_mod close over become explicit arguments, so
-    # the custom VJP can return their gradients (a learned T5 table, ALiBi slopes...).
-    seg0 = seg if seg is not None else jnp.zeros((b, t), jnp.int32)
-    closed, consts = jax.closure_convert(block, query, key, value, pos, seg0, pos, seg0)
-    out0 = jnp.zeros(query.shape, query.dtype)
-    lse0 = jnp.zeros((b, query.shape[2], t), jnp.float32)
-    closed_given, consts_given = jax.closure_convert(
-        block_given, query, key, value, pos, seg0, pos, seg0, out0, lse0
-    )
-    # Both trace the same options in the same order, so they hoist the same arrays.
-    if len(consts) != len(consts_given) or any(
-        a is not c for a, c in zip(consts, consts_given, strict=True)
-    ):
-        raise AssertionError(
-            "ring_attention: forward and backward blocks close over different arrays"
-        )
-    out, lse = _ring(
-        (closed, closed_given), axis_name, num_shards, is_causal, query, key, value, pos, seg0,
-        *consts,
+    # Flash's internal blocked layouts, made once: q [nq, B, K, bq * G, H] (scaled), K and
+    # V [nk, B, K, bk, H]. The K/V shards travel the ring in this layout, and the output,
+    # log-sum-exp and every gradient stay in it until the ring ends, so no step converts
+    # a shard (each conversion is a shard-sized copy: they set the peak memory).
+    cfg, q_b, k_b, v_b, _, consts, aux, mask_consts = _flash_setup(inp, block_q, block_k, fn)
+    ring = _RingSpec(cfg, axis_name, num_shards, _flash_setup_mask_shape(inp))
+    out_b, lse_b = _ring(
+        ring, q_b, k_b, v_b, aux["q_pos"], aux["q_seg"], aux["kv_pos"], aux["kv_seg"],
+        mask_consts, *consts,
     )  # fmt: skip
+    g = cfg.groups
+    out = _query_rows_from_internal(out_b, t, g).astype(query.dtype)
+    lse = _lse_from_internal(lse_b, t, g)
     if sinks is not None:
         sinks = _checks.float_array(sinks, "sinks", fn=fn)
         if sinks.shape != (query.shape[2],):
@@ -299,6 +290,57 @@ def ring_attention(
         zero = jnp.zeros_like(out)
         out, lse = merge_attention(out, lse, zero, sink_lse)
     return out
+
+
+def _flash_setup_mask_shape(inp):
+    """``(B, N, t, s)`` of a flash call: the grid :func:`create_block_mask` walks."""
+    b, t, s, n, _, _ = inp.dims
+    return b, n, t, s
+
+
+@dataclasses.dataclass(frozen=True)
+class _RingSpec:
+    """Static description of one ring (hashable: a ``nondiff_argnums`` argument)."""
+
+    cfg: Any  # flash's static config of one (local queries, one K/V shard) call
+    axis_name: str
+    num_shards: int
+    grid: tuple[int, int, int, int]  # (B, N, t, s) for the per-step block masks
+
+
+def _step_aux(ring: _RingSpec, q_pos, q_seg, kv_pos, kv_seg, mask_consts):
+    """Flash's ``aux`` for the local queries against the held K/V shard: the padded
+    positions and segment ids of both sides, and, with a ``mask_mod``, the block mask of
+    this pair of shards (its empty and full blocks depend on the shards' positions)."""
+    cfg = ring.cfg
+    block_state = None
+    if cfg.mask_mod is not None:
+        b, n, t, s = ring.grid
+
+        def mask_mod(bi, hi, qi, kvi):
+            return cfg.mask_mod(bi, hi, qi, kvi, *mask_consts)
+
+        block_state = create_block_mask(
+            mask_mod,
+            b,
+            n,
+            t,
+            s,
+            block_q=cfg.bq,
+            block_k=cfg.bk,
+            query_positions=q_pos[..., :t],
+            key_value_positions=kv_pos[..., :s],
+        ).state
+    return {
+        "mask": None,
+        "q_len": None,
+        "kv_len": None,
+        "q_seg": q_seg,
+        "kv_seg": kv_seg,
+        "q_pos": q_pos,
+        "kv_pos": kv_pos,
+        "block_state": block_state,
+    }
 
 
 def _visible(is_causal: bool, q_pos, kv_pos):
@@ -313,93 +355,99 @@ def _shift(axis_name: str, num_shards: int, *xs):
     return tuple(lax.ppermute(x, axis_name, perm) for x in xs)
 
 
-def _ring_forward(block, axis_name, num_shards, is_causal, q, k, v, pos, seg, consts):
-    b, t, n, h = q.shape
+def _ring_forward(ring: _RingSpec, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts):
+    cfg = ring.cfg
+    rows = q.shape[:-1]  # [nq, B, K, bq * G]
 
     def empty():
-        return jnp.zeros((b, t, n, h), q.dtype), jnp.full((b, n, t), -jnp.inf, jnp.float32)
+        return jnp.zeros(q.shape, v.dtype), jnp.full(rows, -jnp.inf, cfg.acc)
 
     def step(carry, _):
         out, lse, k_cur, v_cur, pos_cur, seg_cur = carry
-        o_r, l_r = lax.cond(
-            _visible(is_causal, pos, pos_cur),
-            lambda: block(q, k_cur, v_cur, pos, seg, pos_cur, seg_cur, *consts),
-            empty,
-        )
-        out, lse = merge_attention(out, lse, o_r, l_r)
+
+        def attend():
+            aux = _step_aux(ring, q_pos, q_seg, pos_cur, seg_cur, mask_consts)
+            return _flash_forward(cfg, q, k_cur, v_cur, None, None, consts, aux, mask_consts)
+
+        o_r, l_r = lax.cond(_visible(cfg.is_causal, q_pos, pos_cur), attend, empty)
+        out, lse = _merge_rows(out, lse, o_r, l_r)
         k_cur, v_cur, pos_cur, seg_cur = _shift(
-            axis_name, num_shards, k_cur, v_cur, pos_cur, seg_cur
+            ring.axis_name, ring.num_shards, k_cur, v_cur, pos_cur, seg_cur
         )
         return (out, lse, k_cur, v_cur, pos_cur, seg_cur), None
 
-    out, lse = empty()
-    (out, lse, *_), _ = lax.scan(step, (out, lse, k, v, pos, seg), None, length=num_shards)
-    return out, lse
+    out = jnp.zeros(q.shape, cfg.acc)
+    lse = jnp.full(rows, -jnp.inf, cfg.acc)
+    carry = (out, lse, k, v, kv_pos, kv_seg)
+    (out, lse, *_), _ = lax.scan(step, carry, None, length=ring.num_shards)
+    return out.astype(v.dtype), lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _ring(blocks, axis_name, num_shards, is_causal, q, k, v, pos, seg, *consts):
-    return _ring_forward(blocks[0], axis_name, num_shards, is_causal, q, k, v, pos, seg, consts)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _ring(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, *consts):
+    return _ring_forward(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts)
 
 
-def _ring_fwd(blocks, axis_name, num_shards, is_causal, q, k, v, pos, seg, *consts):
-    out, lse = _ring_forward(blocks[0], axis_name, num_shards, is_causal, q, k, v, pos, seg, consts)
-    return (out, lse), (q, k, v, pos, seg, consts, out, lse)
+def _ring_fwd(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, *consts):
+    out, lse = _ring_forward(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts)
+    return (out, lse), (q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts, out, lse)
 
 
-def _ring_bwd(blocks, axis_name, num_shards, is_causal, res, cotangents):
-    q, k, v, pos, seg, consts, out, lse = res
+def _ring_bwd(ring, res, cotangents):
+    q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts, out, lse = res
     d_out, d_lse = cotangents
-    block_given = blocks[1]
-    acc = _checks.compute_dtype(q.dtype)
-
+    cfg = ring.cfg
+    acc = cfg.acc
     # Only floating closed-over arrays are differentiated (ids and positions are not).
     is_float = tuple(jnp.issubdtype(c.dtype, jnp.inexact) for c in consts)
 
     def grads(k_cur, v_cur, pos_cur, seg_cur):
         # Flash's backward at the merged (out, lse): with the final log-sum-exp the block's
-        # weights exp(s - lse) are the final ones, so this is its exact share of dq, dk, dv.
-        def f(q, k, v, *float_consts):
-            it = iter(float_consts)
-            cs = [next(it) if fl else c for c, fl in zip(consts, is_float, strict=True)]
-            return block_given(q, k, v, pos, seg, pos_cur, seg_cur, out, lse, *cs)
+        # weights exp(s - lse) are the final ones, so this is its exact share of dq, dk, dv
+        # (the backward ring recomputes no forward block).
+        aux = _step_aux(ring, q_pos, q_seg, pos_cur, seg_cur, mask_consts)
+        res = (q, k_cur, v_cur, None, None, consts, aux, mask_consts, out, lse)
+        dq, dk, dv, _, _, dconsts, _, _ = _flash_backward(cfg, res, (d_out, d_lse))
+        return (dq, dk, dv) + tuple(d for d, fl in zip(dconsts, is_float, strict=True) if fl)
 
-        float_consts = [c for c, fl in zip(consts, is_float, strict=True) if fl]
-        _, vjp = jax.vjp(f, q, k_cur, v_cur, *float_consts)
-        return tuple(vjp((d_out, d_lse.astype(lse.dtype))))
-
-    float_shapes = [c for c, fl in zip(consts, is_float, strict=True) if fl]
+    float_consts = [c for c, fl in zip(consts, is_float, strict=True) if fl]
 
     def zero_grads(k_cur, v_cur, pos_cur, seg_cur):
         del pos_cur, seg_cur
         zeros = (jnp.zeros_like(q), jnp.zeros_like(k_cur), jnp.zeros_like(v_cur))
-        return zeros + tuple(jnp.zeros_like(c) for c in float_shapes)
+        return zeros + tuple(jnp.zeros_like(c) for c in float_consts)
 
     def step(carry, _):
         dq, dconsts, k_cur, v_cur, pos_cur, seg_cur, dk_cur, dv_cur = carry
         dq_r, dk_r, dv_r, *dc_r = lax.cond(
-            _visible(is_causal, pos, pos_cur), grads, zero_grads, k_cur, v_cur, pos_cur, seg_cur
+            _visible(cfg.is_causal, q_pos, pos_cur),
+            grads,
+            zero_grads,
+            k_cur,
+            v_cur,
+            pos_cur,
+            seg_cur,
         )
         dq = dq + dq_r.astype(acc)
         dk_cur = dk_cur + dk_r.astype(acc)
         dv_cur = dv_cur + dv_r.astype(acc)
         dconsts = tuple(a + g.astype(a.dtype) for a, g in zip(dconsts, dc_r, strict=True))
         k_cur, v_cur, pos_cur, seg_cur, dk_cur, dv_cur = _shift(
-            axis_name, num_shards, k_cur, v_cur, pos_cur, seg_cur, dk_cur, dv_cur
+            ring.axis_name, ring.num_shards, k_cur, v_cur, pos_cur, seg_cur, dk_cur, dv_cur
         )
         return (dq, dconsts, k_cur, v_cur, pos_cur, seg_cur, dk_cur, dv_cur), None
 
     carry = (
         jnp.zeros(q.shape, acc),
-        tuple(jnp.zeros(c.shape, _checks.compute_dtype(c.dtype)) for c in float_shapes),
+        tuple(jnp.zeros(c.shape, _checks.compute_dtype(c.dtype)) for c in float_consts),
         k,
         v,
-        pos,
-        seg,
+        kv_pos,
+        kv_seg,
         jnp.zeros(k.shape, acc),
         jnp.zeros(v.shape, acc),
     )
-    (dq, dconsts, *_, dk, dv), _ = lax.scan(step, carry, None, length=num_shards)
+    (dq, dconsts, *_, dk, dv), _ = lax.scan(step, carry, None, length=ring.num_shards)
     it = iter(dconsts)
     dconsts = tuple(
         next(it).astype(c.dtype) if fl else None for c, fl in zip(consts, is_float, strict=True)
@@ -408,6 +456,9 @@ def _ring_bwd(blocks, axis_name, num_shards, is_causal, res, cotangents):
         dq.astype(q.dtype),
         dk.astype(k.dtype),
         dv.astype(v.dtype),
+        None,
+        None,
+        None,
         None,
         None,
         *dconsts,
