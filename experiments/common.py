@@ -638,6 +638,12 @@ def add_variant_flags(parser):
     )
     g.add_argument("--conv-size", type=int, default=None, help="linear mixers: short conv")
     g.add_argument("--linear-chunk-size", type=int, default=64, help="linear mixers: chunk")
+    g.add_argument(
+        "--linear-gate-activation",
+        default="silu",
+        choices=("silu", "sigmoid"),
+        help="output gate of gla / gated_deltanet",
+    )
     return g
 
 
@@ -658,6 +664,7 @@ def variant_fields(args) -> dict:
         ),
         conv_size=args.conv_size,
         linear_chunk_size=args.linear_chunk_size,
+        linear_gate_activation=args.linear_gate_activation,
     )
 
 

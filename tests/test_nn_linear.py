@@ -103,13 +103,19 @@ def test_greedy_generate_equals_argmax_of_full_passes(name, tokens):
     np.testing.assert_array_equal(out, buf)
 
 
-def test_gated_deltanet_layer_equals_the_paper_recurrence():
+@pytest.mark.parametrize("gate", ["silu", "sigmoid"])
+def test_gated_deltanet_layer_equals_the_paper_recurrence(gate):
     """Gated DeltaNet (Yang, Kautz & Hatamizadeh 2024): q, k = L2(SiLU(.)), beta = sigmoid,
     a_t = exp(-exp(A) softplus(x W_a + dt_bias)), S_t = a_t (I - beta k k^T) S + beta k v^T,
-    o_t = S_t^T q_t / sqrt(H), per-head RMSNorm, output gate silu(x W_g)."""
+    o_t = S_t^T q_t / sqrt(H), per-head RMSNorm, output gate silu(x W_g) (or sigmoid, with
+    linear_gate_activation="sigmoid")."""
     n, h = 2, 4
     cfg = ajnn.AttentionConfig(
-        num_heads=n, head_dim=h, attention="gated_deltanet", linear_chunk_size=3
+        num_heads=n,
+        head_dim=h,
+        attention="gated_deltanet",
+        linear_chunk_size=3,
+        linear_gate_activation=gate,
     )
     layer = ajnn.LinearAttention(8, cfg, rngs=nnx.Rngs(2))
     x = jax.random.normal(jax.random.key(0), (B, 7, 8))
@@ -137,18 +143,28 @@ def test_gated_deltanet_layer_equals_the_paper_recurrence():
                 out[b, t, hd] = s.T @ q[b, t, hd] / math.sqrt(h)
     scale = np.asarray(layer.head_norm.scale[...], np.float64)
     out = out / np.sqrt((out**2).mean(-1, keepdims=True) + 1e-6) * scale
-    out = out * silu(dense(layer.output_gate, x)).reshape(B, -1, n, h)
+    g = dense(layer.output_gate, x)
+    g = silu(g) if gate == "silu" else 1 / (1 + np.exp(-g))
+    out = out * g.reshape(B, -1, n, h)
     want = dense(layer.out, out.reshape(B, -1, n * h))
     got = fast_jit(lambda m, x: m(x))(layer, x)
     chex.assert_trees_all_close(got, want.astype(np.float32), atol=2e-5, rtol=2e-5)
 
 
 def test_config_round_trips_a_hybrid():
-    cfg = lm_config(layer_attention=["gla", "softmax"], positional="rope", conv_size=None)
+    cfg = lm_config(
+        layer_attention=["gla", "softmax"],
+        positional="rope",
+        conv_size=None,
+        linear_gate_activation="sigmoid",
+    )
     assert cfg.layer_attention == ("gla", "softmax")
     assert ajnn.TransformerConfig.from_json(cfg.to_json()) == cfg
     assert cfg.layer_attention_config(0).positional == "none"
     assert cfg.layer_attention_config(1).positional == "rope"
+    # The gate is the gated mixers' alone: the softmax layer keeps the default.
+    assert cfg.layer_attention_config(0).linear_gate_activation == "sigmoid"
+    assert cfg.layer_attention_config(1).linear_gate_activation == "silu"
 
 
 @pytest.mark.parametrize(
@@ -161,6 +177,11 @@ def test_config_round_trips_a_hybrid():
          "layer_attention must have num_layers=2 entries, got 1: ('gla',)."),
         (dict(layer_attention=("gla", "mamba")), "layer_attention entries must be one of"),
         (dict(layer_attention="gla"), "layer_attention must be None or a tuple of attention"),
+        (dict(attention="deltanet", linear_gate_activation="sigmoid"),
+         "linear_gate_activation must be 'silu' unless attention is one of the gated linear "
+         "mixers ('gla', 'gated_deltanet'), got 'sigmoid' with attention='deltanet'."),
+        (dict(attention="gla", linear_gate_activation="relu"),
+         "linear_gate_activation must be one of ('silu', 'sigmoid'), got 'relu'."),
     ],
 )  # fmt: skip
 def test_config_rejects_undefined_linear_options(options, message):

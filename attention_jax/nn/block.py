@@ -28,6 +28,7 @@ _VARIANT_DEFAULTS = dict(
     value_residual=False,
     talking_heads=False,
     conv_size=None,
+    linear_gate_activation="silu",
 )
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "CAUSAL_ONLY_ATTENTION",
     "GRID_POSITIONALS",
     "LINEAR_ATTENTION",
+    "LINEAR_GATED",
+    "LINEAR_GATE_ACTIVATIONS",
     "AttentionConfig",
     "AttentionOptions",
     "NORMS",
@@ -68,6 +70,10 @@ ATTENTION_KINDS = (
 # Defined by their causal order (the linear mixers are recurrences over time).
 CAUSAL_ONLY_ATTENTION = ("forgetting", "stick_breaking", *LINEAR_ATTENTION)
 ATTENTION_GATES = ("headwise", "elementwise")
+
+# The output gate of the gated linear mixers (GLA, Gated DeltaNet): its activation.
+LINEAR_GATE_ACTIVATIONS = ("silu", "sigmoid")
+LINEAR_GATED = ("gla", "gated_deltanet")
 
 # Options a kind's core function does not have, with the value they must keep there (the
 # kinds other than softmax and mla call their own function of attention_jax.variants).
@@ -226,6 +232,15 @@ def _check_variant(v: dict[str, Any], fn: str) -> None:
                 f"{fn}: conv_size must be None unless attention is a linear mixer "
                 f"{LINEAR_ATTENTION}, got {v['conv_size']!r}."
             )
+    check_choice(
+        v["linear_gate_activation"], "linear_gate_activation", LINEAR_GATE_ACTIVATIONS, fn=fn
+    )
+    if v["linear_gate_activation"] != "silu" and kind not in LINEAR_GATED:
+        raise ValueError(
+            f"{fn}: linear_gate_activation must be 'silu' unless attention is one of the "
+            f"gated linear mixers {LINEAR_GATED}, got {v['linear_gate_activation']!r} with "
+            f"attention={kind!r}."
+        )
     for name, default in _UNSUPPORTED.get(kind, {}).items():
         if v[name] != default and not (name == "implementation" and v[name] == "xla"):
             raise ValueError(
@@ -323,6 +338,7 @@ class AttentionOptions:
     talking_heads: bool = False
     linear_chunk_size: int = 64
     conv_size: int | None = None
+    linear_gate_activation: str = "silu"
     context_parallel: str | None = None
 
 
@@ -400,6 +416,11 @@ class AttentionConfig(AttentionOptions):
       linear_chunk_size: chunk of the chunkwise-parallel form of the linear mixers.
       conv_size: a short causal depthwise convolution (kernel ``conv_size``, then SiLU) on q, k
         and v of a linear mixer, as DeltaNet / Gated DeltaNet use (None: none).
+      linear_gate_activation: the activation of the output gate of ``"gla"`` and
+        ``"gated_deltanet"``: ``"silu"`` (their papers) or ``"sigmoid"``. At initialization
+        ``silu(x W_g)`` has a random sign per channel and token, which scrambles the recalled
+        value of each query token until the gate has learned; ``sigmoid`` starts near 0.5
+        everywhere (``experiments/mqar.py`` measures both).
       context_parallel: None, ``"ring"``, ``"ulysses"`` or ``"all_gather"``: when the call
         runs under a mesh (``jax.set_mesh``; :class:`attention_jax.train.TrainStep` sets its
         own) whose axis ``"sequence"`` has more than one device, uncached self-attention goes
@@ -618,8 +639,17 @@ class TransformerConfig(AttentionOptions):
             linear = kind in LINEAR_ATTENTION
             pos = "none" if linear else values["positional"]
             conv = values["conv_size"] if linear or not hybrid else None
+            gate = values["linear_gate_activation"]
+            gate = gate if kind in LINEAR_GATED or not hybrid else "silu"
             return AttentionConfig.checked(
-                fn, **{**values, "attention": kind, "positional": pos, "conv_size": conv}
+                fn,
+                **{
+                    **values,
+                    "attention": kind,
+                    "positional": pos,
+                    "conv_size": conv,
+                    "linear_gate_activation": gate,
+                },
             )
 
         attention = layer_config(self.attention)

@@ -27,7 +27,7 @@ from attention_jax.linear import (
     short_convolution,
 )
 from attention_jax.nn.cache import RecurrentCache
-from attention_jax.nn.config import LINEAR_ATTENTION, AttentionConfig
+from attention_jax.nn.config import LINEAR_ATTENTION, LINEAR_GATED, AttentionConfig
 from attention_jax.nn.dense import Dense
 
 __all__ = ["LinearAttention"]
@@ -53,12 +53,13 @@ class LinearAttention(nnx.Module):
     * ``"based"``: the same with the 2nd-order Taylor features (Arora et al. 2024).
     * ``"gla"``: :func:`attention_jax.gated_linear_attention` with the per-key-dimension decay
       ``log_sigmoid(x W_1 W_2) / 16`` (rank-16 projection), then per-head RMSNorm and the
-      output gate ``silu(x W_g)`` (Yang et al. 2024).
+      output gate ``silu(x W_g)`` (Yang et al. 2024; ``config.linear_gate_activation``
+      picks ``sigmoid`` instead).
     * ``"deltanet"``: :func:`attention_jax.delta_rule_attention` with SiLU and L2-normalized
       q and k, ``beta = sigmoid(x W_b)`` per head, per-head RMSNorm (Yang et al. 2024).
     * ``"gated_deltanet"``: DeltaNet plus the decay ``-exp(A) softplus(x W_a + dt_bias)``
       per head (Mamba-2's parameterization, ``A`` initialized in ``log [1, 16]``) and the
-      output gate ``silu(x W_g)`` (Yang, Kautz & Hatamizadeh 2024).
+      output gate ``silu(x W_g)`` (or ``sigmoid``) (Yang, Kautz & Hatamizadeh 2024).
 
     ``config.conv_size`` adds a short causal depthwise convolution (then SiLU) on the q, k and
     v projections (DeltaNet, Gated DeltaNet); ``config.linear_chunk_size`` is the chunk of the
@@ -121,9 +122,7 @@ class LinearAttention(nnx.Module):
         self.head_norm = (
             nnx.RMSNorm(h, **norm) if kind in ("gla", "deltanet", "gated_deltanet") else None
         )
-        self.output_gate = (
-            Dense(in_features, n * h, **kw) if kind in ("gla", "gated_deltanet") else None
-        )
+        self.output_gate = Dense(in_features, n * h, **kw) if kind in LINEAR_GATED else None
         if kind == "gla":
             self.decay_down = Dense(in_features, GLA_GATE_RANK, **{**kw, "use_bias": False})
             self.decay_up = Dense(GLA_GATE_RANK, n * h, **{**kw, "use_bias": True})
@@ -264,7 +263,8 @@ class LinearAttention(nnx.Module):
         if self.head_norm is not None:
             out = self.head_norm(out)
         if self.output_gate is not None:
-            out = out * jax.nn.silu(self.output_gate(x)).reshape(b, t, n, h).astype(out.dtype)
+            gate = getattr(jax.nn, cfg.linear_gate_activation)(self.output_gate(x))
+            out = out * gate.reshape(b, t, n, h).astype(out.dtype)
         y = self.out(out.reshape(b, t, n * h))
         if cache is None:
             return y
