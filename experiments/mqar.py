@@ -11,6 +11,12 @@ attention (RoPE), and the linear family of ``attention_jax.linear`` through
 ``deltanet``, ``gated_deltanet`` (the delta-rule mixers with their short convolution). Heads
 have ``--head-dim`` (16) dimensions, so a linear mixer's state grows with ``d_model``.
 
+The output gate of GLA and Gated DeltaNet is ``sigmoid(x W_g)`` here by default, not their
+papers' ``silu(x W_g)`` (``--linear-gate-activation silu``): at initialization ``silu`` has a
+random sign per channel and token, which scrambles the value each query token recalls, and
+within this CPU budget (hundreds of steps, not Zoology's tens of thousands) both gated mixers
+then stay at chance at every learning rate (``benchmarks/RESULTS.md``, "MQAR").
+
     python experiments/mqar.py --out out/mqar                   # the grid
     python experiments/mqar.py --quick --out out/mqar_quick     # seq 64, 4 pairs, d 64, 1 lr
 
@@ -36,6 +42,7 @@ from attention_jax.nn import TransformerConfig, TransformerLM
 
 MIXERS = ("softmax", "linear", "based", "gla", "deltanet", "gated_deltanet")
 CONV = {"deltanet": 4, "gated_deltanet": 4}  # the short convolution of their papers
+GATED = ("gla", "gated_deltanet")  # the mixers with an output gate
 GRID = dict(seq_lens=(64, 128, 256), d_models=(32, 64, 128), lrs=(1e-3, 3e-3, 1e-2))
 QUICK = dict(seq_lens=(64,), d_models=(64,), lrs=(1e-2,))  # the delta rule needs 1e-2
 QUICK_STEPS = 200
@@ -53,6 +60,12 @@ def make_parser():
         "--chunk-size", type=int, default=16, help="chunk of the linear mixers' chunked form"
     )
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument(
+        "--linear-gate-activation",
+        default="sigmoid",
+        choices=("silu", "sigmoid"),
+        help="output gate of gla and gated_deltanet (their papers: silu; see the docstring)",
+    )
     p.add_argument("--vocab", type=int, default=512, help="Zoology: 8192")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=64)
@@ -127,6 +140,7 @@ def model_config(mixer: str, *, d_model: int, seq_len: int, args) -> Transformer
         attention=mixer,
         conv_size=CONV.get(mixer),
         linear_chunk_size=args.chunk_size,
+        linear_gate_activation=args.linear_gate_activation if mixer in GATED else "silu",
     )
 
 
