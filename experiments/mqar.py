@@ -283,9 +283,8 @@ def best_table(runs: list[dict], args) -> tuple[dict, str]:
 
 def plot(best: dict, args, path) -> None:
     plt = common.pyplot()
-    fig, axes = plt.subplots(
-        1, len(args.seq_lens), figsize=(4.2 * len(args.seq_lens), 3.6), squeeze=False
-    )
+    width = max(4.2 * len(args.seq_lens), 6.0)  # room for the title with one panel
+    fig, axes = plt.subplots(1, len(args.seq_lens), figsize=(width, 3.8), squeeze=False)
     for ax, n in zip(axes[0], args.seq_lens, strict=True):
         for m in args.mixers:
             pts = [(d, best[(m, n, d)]["accuracy"]) for d in args.d_models if (m, n, d) in best]

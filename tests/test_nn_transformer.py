@@ -156,6 +156,7 @@ VARIANT_FIELDS = (
     "talking_heads",
     "linear_chunk_size",
     "conv_size",
+    "linear_gate_activation",  # gla / gated_deltanet only: round-tripped in test_nn_linear
     "layer_attention",
     "context_parallel",  # needs plain softmax options: round-tripped in test_context_parallel
 )
