@@ -891,8 +891,11 @@ def _keys_to_internal(x, nk: int, bk: int):
     return _pad_axis(x, 1, nk * bk).reshape(b, nk, bk, kh, h).transpose(1, 0, 3, 2, 4)
 
 
-def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
-    """The static config and the internal-layout operands of one flash call."""
+def _setup(inp: AttentionInputs, block_q, block_k, fn: str, *, plan_mask_mod: bool = True):
+    """The static config and the internal-layout operands of one flash call.
+
+    ``plan_mask_mod=False`` leaves ``aux["block_state"]`` None for a ``mask_mod`` without a
+    block mask, for callers that build one per key set themselves (ring attention)."""
     block_q, block_k = _block_sizes(inp, block_q, block_k, fn)
     if inp.logits_head_mix is not None or inp.weights_head_mix is not None:
         raise ValueError(
@@ -925,7 +928,7 @@ def _setup(inp: AttentionInputs, block_q, block_k, fn: str):
         return None if x is None else _pad_edge(x.astype(jnp.int32), length)
 
     mask_mod, block_mask = inp.mask_mod, inp.block_mask
-    if mask_mod is not None and block_mask is None:
+    if mask_mod is not None and block_mask is None and plan_mask_mod:
         # Without a block mask every block would be evaluated: one pass over the grid
         # (block by block, never [T, S]) finds the empty and full blocks first.
         block_mask = create_block_mask(

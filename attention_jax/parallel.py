@@ -42,23 +42,9 @@ from jax import lax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from attention_jax import _checks
+from attention_jax import flash as _flash
 from attention_jax._inputs import canonicalize_attention_inputs
-from attention_jax.flash import (
-    _backward as _flash_backward,
-)
-from attention_jax.flash import (
-    _forward as _flash_forward,
-)
-from attention_jax.flash import (
-    _lse_from_internal,
-    _merge_rows,
-    _query_rows_from_internal,
-    flash_attention,
-    merge_attention,
-)
-from attention_jax.flash import (
-    _setup as _flash_setup,
-)
+from attention_jax.flash import flash_attention, merge_attention
 from attention_jax.flex import create_block_mask
 
 __all__ = [
@@ -270,15 +256,14 @@ def ring_attention(
     # V [nk, B, K, bk, H]. The K/V shards travel the ring in this layout, and the output,
     # log-sum-exp and every gradient stay in it until the ring ends, so no step converts
     # a shard (each conversion is a shard-sized copy: they set the peak memory).
-    cfg, q_b, k_b, v_b, _, consts, aux, mask_consts = _flash_setup(inp, block_q, block_k, fn)
-    ring = _RingSpec(cfg, axis_name, num_shards, _flash_setup_mask_shape(inp))
-    out_b, lse_b = _ring(
-        ring, q_b, k_b, v_b, aux["q_pos"], aux["q_seg"], aux["kv_pos"], aux["kv_seg"],
-        mask_consts, *consts,
-    )  # fmt: skip
-    g = cfg.groups
-    out = _query_rows_from_internal(out_b, t, g).astype(query.dtype)
-    lse = _lse_from_internal(lse_b, t, g)
+    # A mask_mod's block mask depends on the held shard's positions: built in every step.
+    cfg, q_b, k_b, v_b, _, consts, aux, mask_consts = _flash._setup(
+        inp, block_q, block_k, fn, plan_mask_mod=False
+    )
+    ring = _RingSpec(cfg, axis_name, num_shards, (b, query.shape[2], t, t))
+    out_b, lse_b = _ring(ring, q_b, k_b, v_b, aux, mask_consts, *consts)
+    out = _flash._query_rows_from_internal(out_b, t, cfg.groups).astype(query.dtype)
+    lse = _flash._lse_from_internal(lse_b, t, cfg.groups)
     if sinks is not None:
         sinks = _checks.float_array(sinks, "sinks", fn=fn)
         if sinks.shape != (query.shape[2],):
@@ -292,12 +277,6 @@ def ring_attention(
     return out
 
 
-def _flash_setup_mask_shape(inp):
-    """``(B, N, t, s)`` of a flash call: the grid :func:`create_block_mask` walks."""
-    b, t, s, n, _, _ = inp.dims
-    return b, n, t, s
-
-
 @dataclasses.dataclass(frozen=True)
 class _RingSpec:
     """Static description of one ring (hashable: a ``nondiff_argnums`` argument)."""
@@ -308,11 +287,12 @@ class _RingSpec:
     grid: tuple[int, int, int, int]  # (B, N, t, s) for the per-step block masks
 
 
-def _step_aux(ring: _RingSpec, q_pos, q_seg, kv_pos, kv_seg, mask_consts):
-    """Flash's ``aux`` for the local queries against the held K/V shard: the padded
-    positions and segment ids of both sides, and, with a ``mask_mod``, the block mask of
+def _step_aux(ring: _RingSpec, aux, kv_pos, kv_seg, mask_consts):
+    """Flash's ``aux`` (of the local queries against their own shard) for the held K/V
+    shard: its padded positions and segment ids and, with a ``mask_mod``, the block mask of
     this pair of shards (its empty and full blocks depend on the shards' positions)."""
     cfg = ring.cfg
+    q_pos = aux["q_pos"]
     block_state = None
     if cfg.mask_mod is not None:
         b, n, t, s = ring.grid
@@ -331,16 +311,7 @@ def _step_aux(ring: _RingSpec, q_pos, q_seg, kv_pos, kv_seg, mask_consts):
             query_positions=q_pos[..., :t],
             key_value_positions=kv_pos[..., :s],
         ).state
-    return {
-        "mask": None,
-        "q_len": None,
-        "kv_len": None,
-        "q_seg": q_seg,
-        "kv_seg": kv_seg,
-        "q_pos": q_pos,
-        "kv_pos": kv_pos,
-        "block_state": block_state,
-    }
+    return {**aux, "kv_pos": kv_pos, "kv_seg": kv_seg, "block_state": block_state}
 
 
 def _visible(is_causal: bool, q_pos, kv_pos):
@@ -355,7 +326,7 @@ def _shift(axis_name: str, num_shards: int, *xs):
     return tuple(lax.ppermute(x, axis_name, perm) for x in xs)
 
 
-def _ring_forward(ring: _RingSpec, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts):
+def _ring_forward(ring: _RingSpec, q, k, v, aux, mask_consts, consts):
     cfg = ring.cfg
     rows = q.shape[:-1]  # [nq, B, K, bq * G]
 
@@ -366,11 +337,11 @@ def _ring_forward(ring: _RingSpec, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_c
         out, lse, k_cur, v_cur, pos_cur, seg_cur = carry
 
         def attend():
-            aux = _step_aux(ring, q_pos, q_seg, pos_cur, seg_cur, mask_consts)
-            return _flash_forward(cfg, q, k_cur, v_cur, None, None, consts, aux, mask_consts)
+            aux_r = _step_aux(ring, aux, pos_cur, seg_cur, mask_consts)
+            return _flash._forward(cfg, q, k_cur, v_cur, None, None, consts, aux_r, mask_consts)
 
-        o_r, l_r = lax.cond(_visible(cfg.is_causal, q_pos, pos_cur), attend, empty)
-        out, lse = _merge_rows(out, lse, o_r, l_r)
+        o_r, l_r = lax.cond(_visible(cfg.is_causal, aux["q_pos"], pos_cur), attend, empty)
+        out, lse = _flash._merge_rows(out, lse, o_r, l_r)
         k_cur, v_cur, pos_cur, seg_cur = _shift(
             ring.axis_name, ring.num_shards, k_cur, v_cur, pos_cur, seg_cur
         )
@@ -378,23 +349,23 @@ def _ring_forward(ring: _RingSpec, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_c
 
     out = jnp.zeros(q.shape, cfg.acc)
     lse = jnp.full(rows, -jnp.inf, cfg.acc)
-    carry = (out, lse, k, v, kv_pos, kv_seg)
+    carry = (out, lse, k, v, aux["kv_pos"], aux["kv_seg"])
     (out, lse, *_), _ = lax.scan(step, carry, None, length=ring.num_shards)
     return out.astype(v.dtype), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, *consts):
-    return _ring_forward(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts)
+def _ring(ring, q, k, v, aux, mask_consts, *consts):
+    return _ring_forward(ring, q, k, v, aux, mask_consts, consts)
 
 
-def _ring_fwd(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, *consts):
-    out, lse = _ring_forward(ring, q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts)
-    return (out, lse), (q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts, out, lse)
+def _ring_fwd(ring, q, k, v, aux, mask_consts, *consts):
+    out, lse = _ring_forward(ring, q, k, v, aux, mask_consts, consts)
+    return (out, lse), (q, k, v, aux, mask_consts, consts, out, lse)
 
 
 def _ring_bwd(ring, res, cotangents):
-    q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask_consts, consts, out, lse = res
+    q, k, v, aux, mask_consts, consts, out, lse = res
     d_out, d_lse = cotangents
     cfg = ring.cfg
     acc = cfg.acc
@@ -405,9 +376,9 @@ def _ring_bwd(ring, res, cotangents):
         # Flash's backward at the merged (out, lse): with the final log-sum-exp the block's
         # weights exp(s - lse) are the final ones, so this is its exact share of dq, dk, dv
         # (the backward ring recomputes no forward block).
-        aux = _step_aux(ring, q_pos, q_seg, pos_cur, seg_cur, mask_consts)
-        res = (q, k_cur, v_cur, None, None, consts, aux, mask_consts, out, lse)
-        dq, dk, dv, _, _, dconsts, _, _ = _flash_backward(cfg, res, (d_out, d_lse))
+        aux_r = _step_aux(ring, aux, pos_cur, seg_cur, mask_consts)
+        res = (q, k_cur, v_cur, None, None, consts, aux_r, mask_consts, out, lse)
+        dq, dk, dv, _, _, dconsts, _, _ = _flash._backward(cfg, res, (d_out, d_lse))
         return (dq, dk, dv) + tuple(d for d, fl in zip(dconsts, is_float, strict=True) if fl)
 
     float_consts = [c for c, fl in zip(consts, is_float, strict=True) if fl]
@@ -420,7 +391,7 @@ def _ring_bwd(ring, res, cotangents):
     def step(carry, _):
         dq, dconsts, k_cur, v_cur, pos_cur, seg_cur, dk_cur, dv_cur = carry
         dq_r, dk_r, dv_r, *dc_r = lax.cond(
-            _visible(cfg.is_causal, q_pos, pos_cur),
+            _visible(cfg.is_causal, aux["q_pos"], pos_cur),
             grads,
             zero_grads,
             k_cur,
@@ -442,8 +413,8 @@ def _ring_bwd(ring, res, cotangents):
         tuple(jnp.zeros(c.shape, _checks.compute_dtype(c.dtype)) for c in float_consts),
         k,
         v,
-        kv_pos,
-        kv_seg,
+        aux["kv_pos"],
+        aux["kv_seg"],
         jnp.zeros(k.shape, acc),
         jnp.zeros(v.shape, acc),
     )
@@ -456,9 +427,6 @@ def _ring_bwd(ring, res, cotangents):
         dq.astype(q.dtype),
         dk.astype(k.dtype),
         dv.astype(v.dtype),
-        None,
-        None,
-        None,
         None,
         None,
         *dconsts,

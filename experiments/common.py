@@ -641,7 +641,7 @@ def add_variant_flags(parser):
     g.add_argument(
         "--linear-gate-activation",
         default="silu",
-        choices=("silu", "sigmoid"),
+        choices=nn_config.LINEAR_GATE_ACTIVATIONS,
         help="output gate of gla / gated_deltanet",
     )
     return g

@@ -38,11 +38,10 @@ from tqdm.std import tqdm
 
 from attention_jax import train as T
 from attention_jax.data.mqar import multiquery_ar
-from attention_jax.nn import TransformerConfig, TransformerLM
+from attention_jax.nn import LINEAR_GATE_ACTIVATIONS, LINEAR_GATED, TransformerConfig, TransformerLM
 
 MIXERS = ("softmax", "linear", "based", "gla", "deltanet", "gated_deltanet")
 CONV = {"deltanet": 4, "gated_deltanet": 4}  # the short convolution of their papers
-GATED = ("gla", "gated_deltanet")  # the mixers with an output gate
 GRID = dict(seq_lens=(64, 128, 256), d_models=(32, 64, 128), lrs=(1e-3, 3e-3, 1e-2))
 QUICK = dict(seq_lens=(64,), d_models=(64,), lrs=(1e-2,))  # the delta rule needs 1e-2
 QUICK_STEPS = 200
@@ -63,7 +62,7 @@ def make_parser():
     p.add_argument(
         "--linear-gate-activation",
         default="sigmoid",
-        choices=("silu", "sigmoid"),
+        choices=LINEAR_GATE_ACTIVATIONS,
         help="output gate of gla and gated_deltanet (their papers: silu; see the docstring)",
     )
     p.add_argument("--vocab", type=int, default=512, help="Zoology: 8192")
@@ -140,7 +139,7 @@ def model_config(mixer: str, *, d_model: int, seq_len: int, args) -> Transformer
         attention=mixer,
         conv_size=CONV.get(mixer),
         linear_chunk_size=args.chunk_size,
-        linear_gate_activation=args.linear_gate_activation if mixer in GATED else "silu",
+        linear_gate_activation=args.linear_gate_activation if mixer in LINEAR_GATED else "silu",
     )
 
 

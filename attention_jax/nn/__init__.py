@@ -17,6 +17,8 @@ from attention_jax.nn.config import (
     ATTENTION_GATES,
     ATTENTION_KINDS,
     LINEAR_ATTENTION,
+    LINEAR_GATE_ACTIVATIONS,
+    LINEAR_GATED,
     AttentionConfig,
     TransformerConfig,
 )
