@@ -21,8 +21,10 @@ run.
 
 Peak memory runs each point in a fresh subprocess: it creates the inputs, compiles, resets
 the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs once and reports the peak
-RSS minus the RSS after creating the inputs and compiling. Points whose estimated footprint
-does not fit in the available memory are skipped.
+RSS minus the RSS after creating the inputs and compiling. Beside it, for the JAX paths,
+the compiled program's own count (``memory_analysis()``: temporaries plus outputs), which,
+unlike the RSS peak, is the same on every machine. Points whose estimated footprint does not
+fit in the available memory are skipped.
 
 Usage::
 
@@ -371,7 +373,13 @@ def memory_child(spec: dict) -> dict:
         spec.get("block_q"),
         spec.get("block_k"),
     )
-    return measure_peak(point.run)
+    result = measure_peak(point.run)
+    if spec["impl"] != "torch":
+        # What the compiled program allocates beyond its arguments, by XLA's own count: unlike
+        # the RSS peak, it does not depend on the allocator, the thread pools or the machine.
+        m = point.fn.memory_analysis()
+        result["program_bytes"] = m.temp_size_in_bytes + m.output_size_in_bytes
+    return result
 
 
 def measure_memory(spec: dict, timeout: float, script: str | None = None) -> dict:
@@ -432,8 +440,8 @@ def fmt(x, spec="{:.0f}"):
 def markdown_table(rows: list[dict], rate: float) -> str:
     lines = [
         "| B, T, N, H | causal | impl | fwd ms | fwd+bwd ms | fwd GFLOP/s | fwd+bwd GFLOP/s "
-        "| fwd % matmul | fwd peak MB | fwd+bwd peak MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| fwd % matmul | fwd peak MB | fwd+bwd peak MB | fwd XLA MB | fwd+bwd XLA MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ms(r, mode):
@@ -448,7 +456,8 @@ def markdown_table(rows: list[dict], rate: float) -> str:
             f"| {', '.join(map(str, r['shape']))} | {'yes' if r['causal'] else 'no'} | "
             f"{r['impl']} | {ms(r, 'fwd')} | {ms(r, 'fwdbwd')} | {fmt(gf)} | "
             f"{fmt(gfb)} | {fmt(None if gf is None else 100 * gf / rate)} | "
-            f"{fmt(r.get('fwd_peak_mb'))} | {fmt(r.get('fwdbwd_peak_mb'))} |"
+            f"{fmt(r.get('fwd_peak_mb'))} | {fmt(r.get('fwdbwd_peak_mb'))} | "
+            f"{fmt(r.get('fwd_program_mb'))} | {fmt(r.get('fwdbwd_program_mb'))} |"
         )
     return "\n".join(lines)
 
@@ -616,9 +625,13 @@ def run_benchmark(args, device: str) -> None:
                         row[f"{mode}_peak_mb"] = res["peak_above_baseline_bytes"] / 1e6
                         row[f"{mode}_peak_reset"] = res["peak_reset"]
                         row[f"{mode}_single_run_ms"] = 1e3 * res["seconds"]
+                        program = res.get("program_bytes")
+                        if program is not None:
+                            row[f"{mode}_program_mb"] = program / 1e6
                         print(
                             f"{shape} causal={causal} {impl:12s} {mode:6s} peak "
                             f"{res['peak_above_baseline_bytes'] / 1e6:9.1f} MB"
+                            + ("" if program is None else f" (XLA program {program / 1e6:.1f} MB)")
                         )
         rows += [r for r in row_of.values() if len(r) > 3]
     result = {"environment": env, "matmul_gflops": rate, "matmul": rate_what, "rows": rows}
@@ -633,7 +646,8 @@ def run_benchmark(args, device: str) -> None:
     note = (
         "\n\n`*`: not timed (T above --max-timing-t); the wall time of the single run "
         "made by the memory subprocess. Peak MB: peak RSS above the RSS after creating "
-        "the inputs and compiling."
+        "the inputs and compiling. XLA MB: the compiled program's temporaries and outputs "
+        "(`memory_analysis()`), which do not depend on the machine."
     )
     (out / "results.md").write_text(header + "\n\n" + table + note + "\n")
     plot(rows, out / "attention.png", header)
