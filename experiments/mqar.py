@@ -19,6 +19,13 @@ then stay at chance at every learning rate (``benchmarks/RESULTS.md``, "MQAR").
 
     python experiments/mqar.py --out out/mqar                   # the grid
     python experiments/mqar.py --quick --out out/mqar_quick     # seq 64, 4 pairs, d 64, 1 lr
+    python experiments/mqar.py --seq-lens 128 --out out/mqar_L128   # one row of the grid
+    python experiments/mqar.py --merge out/mqar_L64/results.json,out/mqar_L128/results.json \
+        --out out/mqar_all                                      # the rows together, no training
+
+``--merge`` reads the runs of earlier ``results.json`` files (a grid run in pieces, a row
+or a few mixers at a time; where two files hold the same cell and learning rate, the later
+file's run counts) and writes the table and the figure of their union.
 
 Writes into ``--out``: ``results.json`` (every run), ``results.md`` (best accuracy per cell)
 and ``mqar.png`` (accuracy vs d_model, one panel per sequence length, one line per mixer, as
@@ -59,6 +66,13 @@ def make_parser():
         "--chunk-size", type=int, default=16, help="chunk of the linear mixers' chunked form"
     )
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument(
+        "--merge",
+        default=None,
+        metavar="FILES",
+        help="comma-separated results.json files of earlier runs: write their union's "
+        "results, table and figure into --out without training",
+    )
     p.add_argument(
         "--linear-gate-activation",
         default="sigmoid",
@@ -287,8 +301,9 @@ def plot(best: dict, args, path) -> None:
     for ax, n in zip(axes[0], args.seq_lens, strict=True):
         for m in args.mixers:
             pts = [(d, best[(m, n, d)]["accuracy"]) for d in args.d_models if (m, n, d) in best]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=m)
+            if pts:  # one colour per mixer in every panel, whichever cells a panel has
+                color = f"C{MIXERS.index(m)}"
+                ax.plot(*zip(*pts, strict=True), marker="o", label=m, color=color)
         ax.set_xscale("log", base=2)
         ax.set_xticks(args.d_models, [str(d) for d in args.d_models])
         ax.set_ylim(-0.02, 1.02)
@@ -296,14 +311,64 @@ def plot(best: dict, args, path) -> None:
         ax.set_xlabel("model dimension")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MQAR accuracy")
-    axes[0][-1].legend(fontsize=8)
+    labels = {}  # every mixer of the figure, in MIXERS order, whichever panel has it
+    for ax in axes[0]:
+        labels.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    order = [m for m in MIXERS if m in labels]
+    axes[0][-1].legend([labels[m] for m in order], order, fontsize=8)
     fig.suptitle("Multi-query associative recall (after Zoology, Fig. 2)")
     common.save_figure(fig, path)
+
+
+def merge_runs(paths: list[str], p) -> tuple[list[dict], list[str]]:
+    """The runs of the ``results.json`` files at ``paths``, one per (mixer, L, d, lr): a
+    later file's run replaces an earlier one's."""
+    import json
+    import pathlib
+
+    cells: dict[tuple, dict] = {}
+    for path in paths:
+        if not pathlib.Path(path).is_file():
+            p.error(f"--merge {path}: no such file")
+        try:
+            runs = json.loads(pathlib.Path(path).read_text())["runs"]
+            keys = [(r["mixer"], r["seq_len"], r["d_model"], r["lr"], r["accuracy"]) for r in runs]
+        except (ValueError, KeyError, TypeError):
+            keys = None
+        if not keys:
+            p.error(f"--merge {path}: not a results.json of mqar.py with runs")
+        for r in runs:
+            cells[(r["mixer"], r["seq_len"], r["d_model"], r["lr"])] = r
+    return list(cells.values()), paths
+
+
+def write_merged(args, p) -> list[dict]:
+    paths = [x.strip() for x in args.merge.split(",") if x.strip()]
+    if not paths:
+        p.error(f"--merge must name results.json files, got {args.merge!r}")
+    runs, paths = merge_runs(paths, p)
+    found = {r["mixer"] for r in runs}
+    args.mixers = [m for m in MIXERS if m in found]
+    args.seq_lens = tuple(sorted({r["seq_len"] for r in runs}))
+    args.d_models = tuple(sorted({r["d_model"] for r in runs}))
+    out = common.output_dir(args.out)
+    T.write_json(
+        out / "results.json",
+        {"experiment": "mqar", "merged_from": paths, "runs": runs},
+    )
+    best, table = best_table(runs, args)
+    (out / "results.md").write_text(table)
+    plot(best, args, out / "mqar.png")
+    print(table, file=sys.stderr)
+    print(f"merged {len(runs)} runs from {len(paths)} files into {out}", file=sys.stderr)
+    return runs
 
 
 def main(argv=None):
     p = make_parser()
     args = parse_args(argv, p)
+    if args.merge is not None:
+        return write_merged(args, p)
     T.tune_host_malloc()  # its own loop, not T.train: keep the step buffers out of mmap
     t_start = time.perf_counter()
     out = common.output_dir(args.out)

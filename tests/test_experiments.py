@@ -131,6 +131,23 @@ def test_mqar_smoke(tmp_path, fast_compile_env):
     assert (out / "mqar.png").stat().st_size > 0 and "| gated_deltanet |" in (
         out / "results.md"
     ).read_text()
+    # --merge: the runs of two files together (the second's run of a shared cell counts).
+    second = json.loads((out / "results.json").read_text())
+    for run in second["runs"]:
+        run["seq_len"], run["accuracy"] = (48, 0.5) if run["mixer"] == "softmax" else (32, 0.25)
+    (tmp_path / "second.json").write_text(json.dumps(second))
+    merged = tmp_path / "merged"
+    run_script(
+        "mqar.py", "--merge", f"{out / 'results.json'},{tmp_path / 'second.json'}",
+        "--out", merged,
+    )  # fmt: skip
+    runs = json.loads((merged / "results.json").read_text())["runs"]
+    cells = {(r["mixer"], r["seq_len"]): r["accuracy"] for r in runs}
+    assert len(runs) == 3 and cells[("softmax", 48)] == 0.5
+    assert cells[("gated_deltanet", 32)] == 0.25
+    table = (merged / "results.md").read_text()
+    assert "L32 d32 | L48 d32" in table and "| softmax |" in table
+    assert (merged / "mqar.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -178,6 +178,11 @@ def test_mqar_bad_flags(tmp_path):
     check(line, r"--d-models 40: must be a multiple of --head-dim 16$")
     line = run_bad(script, "--chunk-size", 0, cwd=tmp_path)
     check(line, r"--chunk-size must be an int >= 1, got 0$")
+    line = run_bad(script, "--merge", "missing.json", cwd=tmp_path)
+    check(line, r"--merge missing.json: no such file$")
+    (tmp_path / "other.json").write_text('{"runs": []}')
+    line = run_bad(script, "--merge", "other.json", cwd=tmp_path)
+    check(line, r"--merge other.json: not a results.json of mqar.py with runs$")
 
 
 def test_date_translation_bad_flags(tmp_path):
