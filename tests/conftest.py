@@ -5,7 +5,16 @@ import pathlib
 
 import jax
 import pytest
+import script_helpers
 from hypothesis import HealthCheck, settings
+
+# Cheaper XLA optimization for the whole suite (set before any backend starts; xdist
+# workers inherit it), keeping the caller's own flags for what must run at full speed.
+os.environ.setdefault(script_helpers.USER_XLA_FLAGS, os.environ.get("XLA_FLAGS", ""))
+if script_helpers.FAST_COMPILE_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS"), script_helpers.FAST_COMPILE_XLA_FLAGS])
+    )
 
 # References are computed in float64 NumPy; the library itself runs in float32.
 jax.config.update("jax_enable_x64", False)

@@ -10,6 +10,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import script_helpers
 
 import attention_jax as aj
 
@@ -149,7 +150,7 @@ def test_make_mesh():
 
 def run_multidevice(*marker):
     # Small shapes: compilation dominates, so cheaper XLA optimization saves a fifth.
-    flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    flags = script_helpers.FAST_COMPILE_XLA_FLAGS
     env = dict(
         os.environ,
         XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {flags}",

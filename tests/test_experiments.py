@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import script_helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -17,15 +18,18 @@ def fast_compile_env(tmp_path_factory):
     """Smoke runs check plumbing, not speed: cheaper XLA optimization, and a compilation
     cache shared by the runs of this module (a resumed run recompiles the same step)."""
     return {
-        "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+        "XLA_FLAGS": script_helpers.FAST_COMPILE_XLA_FLAGS,
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
 
 
-def run_script(script, *args, timeout=600, env=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+def run_script(script, *args, timeout=600, env=None, timed=False):
+    """Runs ``experiments/script``; ``timed=True`` for a run whose time is asserted: it gets
+    the caller's own XLA_FLAGS (full optimization), not the suite's."""
+    base = script_helpers.user_env() if timed else dict(os.environ)
+    env = dict(base, JAX_PLATFORMS="cpu", **(env or {}))
     proc = subprocess.run(
         [sys.executable, str(REPO / "experiments" / script), *map(str, args)],
         capture_output=True,
@@ -153,7 +157,7 @@ def test_mqar_smoke(tmp_path, fast_compile_env):
 @pytest.mark.slow
 def test_mqar_quick_under_5_minutes(tmp_path):
     out = tmp_path / "mqar"
-    run_script("mqar.py", "--quick", "--out", out, "--no-progress", timeout=900)
+    run_script("mqar.py", "--quick", "--out", out, "--no-progress", timeout=900, timed=True)
     r = json.loads((out / "results.json").read_text())
     assert len(r["runs"]) == 6 and r["wall_seconds"] < 300, r["wall_seconds"]
 
@@ -162,7 +166,7 @@ def test_mqar_quick_under_5_minutes(tmp_path):
 def test_variants_quick_under_5_minutes(tmp_path, tinyshakespeare_path):
     out = tmp_path / "variants"
     run_script("variants.py", "--quick", "--data", tinyshakespeare_path, "--out", out,
-               "--no-progress", timeout=900)  # fmt: skip
+               "--no-progress", timeout=900, timed=True)  # fmt: skip
     r = json.loads((out / "results.json").read_text())
     assert len(r["summary"]) == 10 and r["wall_seconds"] < 300, r["wall_seconds"]
 
@@ -170,7 +174,7 @@ def test_variants_quick_under_5_minutes(tmp_path, tinyshakespeare_path):
 @pytest.mark.slow
 def test_demo_reaches_99_percent_in_3_minutes(tmp_path):
     out = tmp_path / "demo"
-    proc = run_script("synthetic.py", "--demo", "--out", out, timeout=900)
+    proc = run_script("synthetic.py", "--demo", "--out", out, timeout=900, timed=True)
     m = json.loads((out / "metrics.json").read_text())
     assert m["accuracy"] >= 0.99 and m["greedy_accuracy_at_max_length"] >= 0.99
     assert m["total_seconds"] < 180, m["total_seconds"]
@@ -215,7 +219,9 @@ def test_date_translation_smoke(tmp_path, fast_compile_env):
 @pytest.mark.slow
 def test_date_translation_quick_under_2_minutes(tmp_path):
     out = tmp_path / "dates"
-    run_script("date_translation.py", "--quick", "--out", out, "--no-progress", timeout=600)
+    run_script(
+        "date_translation.py", "--quick", "--out", out, "--no-progress", timeout=600, timed=True
+    )
     r = json.loads((out / "results.json").read_text())
     assert set(r["models"]) == {"seq2seq", "transformer"}
     assert r["wall_seconds"] < 120, r["wall_seconds"]
@@ -250,7 +256,7 @@ def test_digits_smoke(tmp_path, fast_compile_env):
 def test_digits_quick_under_2_minutes(tmp_path):
     pytest.importorskip("sklearn")
     out = tmp_path / "digits"
-    run_script("digits.py", "--quick", "--out", out, "--no-progress", timeout=600)
+    run_script("digits.py", "--quick", "--out", out, "--no-progress", timeout=600, timed=True)
     r = json.loads((out / "results.json").read_text())
     assert r["wall_seconds"] < 120, r["wall_seconds"]
     assert (out / "rollout.png").exists() and (out / "pooling_weights.png").exists()

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import script_helpers
 from flax import nnx
 
 import attention_jax
@@ -34,7 +35,7 @@ def fast_env(tmp_path_factory):
     """Cheaper XLA optimization and a compilation cache for the smoke runs."""
     return {
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+        "XLA_FLAGS": script_helpers.FAST_COMPILE_XLA_FLAGS,
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",

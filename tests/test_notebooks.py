@@ -6,6 +6,7 @@ import sys
 
 import nbformat
 import pytest
+import script_helpers
 from nbclient import NotebookClient
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -19,6 +20,13 @@ def test_notebook_runs(path, monkeypatch):
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     monkeypatch.setenv("PYTHONPATH", pythonpath)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # Notebooks train models: they run with the caller's XLA_FLAGS (full optimization, as a
+    # reader runs them), not the suite's cheaper compilation.
+    user_flags = script_helpers.user_env().get("XLA_FLAGS")
+    if user_flags:
+        monkeypatch.setenv("XLA_FLAGS", user_flags)
+    else:
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
     nb = nbformat.read(path, as_version=4)
     # Checks that the kernel runs this interpreter (jupyter_client swaps a "python" argv
     # for sys.executable) and imports the checkout; appended, so the file is untouched.

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import script_helpers
 from flax import nnx
 
 from attention_jax import train as T
@@ -385,8 +386,8 @@ SHARDED_SCRIPT = textwrap.dedent(
 def test_four_device_step_equals_one_device():
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 "
-        "--xla_llvm_disable_expensive_passes=true",
+        XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+        + script_helpers.FAST_COMPILE_XLA_FLAGS,
         JAX_PLATFORMS="cpu",
     )
     proc = subprocess.run(
