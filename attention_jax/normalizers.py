@@ -168,8 +168,13 @@ def _sparsemax_last(z: jax.Array, valid: jax.Array) -> jax.Array:
     safe_size = jnp.maximum(support_size, 1)
     cumsum_at_k = jnp.take_along_axis(cumsum, safe_size - 1, axis=-1)
     tau = (cumsum_at_k - 1.0) / safe_size.astype(z.dtype)
-    p = jnp.maximum(z - tau, 0.0)
-    return jnp.where(valid & (support_size > 0), p, 0.0)
+    p = jnp.where(valid & (support_size > 0), jnp.maximum(z - tau, 0.0), 0.0)
+    # Back onto the simplex: under jit XLA may recompute z in each fusion that reads it,
+    # rounded differently, so the z here and the z of tau can differ by an ulp of the logits
+    # (seen with --xla_backend_optimization_level=0: a one-hot row of logits near 1e6 summed
+    # to 1.045 before this division).
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    return p / jnp.where(total > 0, total, 1.0)
 
 
 @_sparsemax_last.defjvp
