@@ -33,6 +33,8 @@ Zoology's Figure 2).
 """
 
 import functools
+import json
+import pathlib
 import sys
 import time
 
@@ -320,33 +322,31 @@ def plot(best: dict, args, path) -> None:
     common.save_figure(fig, path)
 
 
-def merge_runs(paths: list[str], p) -> tuple[list[dict], list[str]]:
+def merge_runs(paths: list[str], p) -> list[dict]:
     """The runs of the ``results.json`` files at ``paths``, one per (mixer, L, d, lr): a
     later file's run replaces an earlier one's."""
-    import json
-    import pathlib
-
     cells: dict[tuple, dict] = {}
     for path in paths:
-        if not pathlib.Path(path).is_file():
+        file = pathlib.Path(path)
+        if not file.is_file():
             p.error(f"--merge {path}: no such file")
         try:
-            runs = json.loads(pathlib.Path(path).read_text())["runs"]
-            keys = [(r["mixer"], r["seq_len"], r["d_model"], r["lr"], r["accuracy"]) for r in runs]
+            runs = json.loads(file.read_text())["runs"]
+            found = {(r["mixer"], r["seq_len"], r["d_model"], r["lr"]): r for r in runs}
+            complete = all("accuracy" in r for r in runs)  # the table ranks runs by it
         except (ValueError, KeyError, TypeError):
-            keys = None
-        if not keys:
+            found, complete = {}, False
+        if not found or not complete:
             p.error(f"--merge {path}: not a results.json of mqar.py with runs")
-        for r in runs:
-            cells[(r["mixer"], r["seq_len"], r["d_model"], r["lr"])] = r
-    return list(cells.values()), paths
+        cells.update(found)
+    return list(cells.values())
 
 
 def write_merged(args, p) -> list[dict]:
     paths = [x.strip() for x in args.merge.split(",") if x.strip()]
     if not paths:
         p.error(f"--merge must name results.json files, got {args.merge!r}")
-    runs, paths = merge_runs(paths, p)
+    runs = merge_runs(paths, p)
     found = {r["mixer"] for r in runs}
     args.mixers = [m for m in MIXERS if m in found]
     args.seq_lens = tuple(sorted({r["seq_len"] for r in runs}))

@@ -19,13 +19,7 @@ USER_XLA_FLAGS = "ATTENTION_JAX_TESTS_USER_XLA_FLAGS"
 def user_env(**env) -> dict:
     """``os.environ`` with the XLA_FLAGS the suite was started with (full optimization),
     plus ``env``."""
-    out = dict(os.environ, **env)
-    user = os.environ.get(USER_XLA_FLAGS, "")
-    if user:
-        out["XLA_FLAGS"] = user
-    else:
-        out.pop("XLA_FLAGS", None)
-    return out
+    return {**os.environ, "XLA_FLAGS": os.environ.get(USER_XLA_FLAGS, ""), **env}
 
 
 def run_script(script, *args, cwd, timeout=300, **env):

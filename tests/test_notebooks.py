@@ -22,11 +22,7 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     # Notebooks train models: they run with the caller's XLA_FLAGS (full optimization, as a
     # reader runs them), not the suite's cheaper compilation.
-    user_flags = script_helpers.user_env().get("XLA_FLAGS")
-    if user_flags:
-        monkeypatch.setenv("XLA_FLAGS", user_flags)
-    else:
-        monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", script_helpers.user_env()["XLA_FLAGS"])
     nb = nbformat.read(path, as_version=4)
     # Checks that the kernel runs this interpreter (jupyter_client swaps a "python" argv
     # for sys.executable) and imports the checkout; appended, so the file is untouched.
