@@ -244,7 +244,12 @@ def make_torch_inputs(b, t, n, h, dtype, requires_grad, device="cpu"):
 class Point:
     """One implementation at one shape, causal or not, with a callable to time."""
 
-    def __init__(self, impl, shape, causal, mode, dtype, block_q=None, block_k=None, device="cpu"):
+    def __init__(
+        self, impl, shape, causal, mode, dtype, block_q=None, block_k=None, device="cpu",
+        jax_fn=None,
+    ):  # fmt: skip
+        """``jax_fn``: a jitted function of ``(q, k, v)`` (forward) or ``(q, k, v, d_out)`` to
+        time in place of ``impl``'s (``impl`` then only names it)."""
         self.impl, self.shape, self.causal, self.mode = impl, shape, causal, mode
         self.cpu: list[float] = []
         self.block_q, self.block_k = block_q, block_k
@@ -261,7 +266,7 @@ class Point:
 
             q, k, v, d_out = make_jax_inputs(b, t, n, h, dtype)
             self.args = (q, k, v) if mode == "fwd" else (q, k, v, d_out)
-            self.fn = make_jax_fn(impl, causal, mode, block_q, block_k)
+            self.fn = jax_fn or make_jax_fn(impl, causal, mode, block_q, block_k)
             self.fn = self.fn.lower(*self.args).compile()
             self._block = jax.block_until_ready
 

@@ -40,7 +40,8 @@ import attention  # the sibling benchmark: timing loop, inputs, environment
 
 
 def products_only(b, t, n, h, block_q, block_k, mode):
-    """Flash's block loops with only their matrix products: a jitted ``f(q, k, v, d_out)``."""
+    """Flash's block loops with only their matrix products: a jitted ``f(q, k, v)`` (forward)
+    or ``f(q, k, v, d_out)`` (forward and backward), the inputs of :class:`attention.Point`."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -81,28 +82,14 @@ def products_only(b, t, n, h, block_q, block_k, mode):
 
         return lax.scan(kv_step, jnp.zeros_like(q), (k, v))
 
-    def f(q, k, v, d_out):
-        q, d_out = blocks(q, block_q, nq), blocks(d_out, block_q, nq)
-        k, v = blocks(k, block_k, nk), blocks(v, block_k, nk)
+    def f(q, k, v, d_out=None):
+        q, k, v = blocks(q, block_q, nq), blocks(k, block_k, nk), blocks(v, block_k, nk)
         out = forward(q, k, v)
         if mode == "fwd":
             return out
-        return out, backward(q, k, v, d_out)
+        return out, backward(q, k, v, blocks(d_out, block_q, nq))
 
     return jax.jit(f)
-
-
-class Products(attention.Point):
-    """A point of ``attention.time_points`` that times :func:`products_only`."""
-
-    def __init__(self, shape, mode, block_q, block_k):
-        import jax
-
-        self.impl, self.shape, self.causal, self.mode, self.cpu = "products", shape, False, mode, []
-        q, k, v, d_out = attention.make_jax_inputs(*shape, "float32")
-        self.args = (q, k, v, d_out)
-        self.fn = products_only(*shape, block_q, block_k, mode).lower(*self.args).compile()
-        self._block = jax.block_until_ready
 
 
 def main(argv=None):
@@ -132,8 +119,10 @@ def main(argv=None):
     fwd_flops = 4.0 * b * n * t * t * h
     rows = []
     for mode in ("fwd", "fwdbwd"):
+        products_fn = products_only(b, t, n, h, bq, bk, mode)
+        products = attention.Point("products", shape, False, mode, "float32", jax_fn=products_fn)
         points = [
-            ("products only", Products(shape, mode, bq, bk)),
+            ("products only", products),
             ("flash", attention.Point("flash", shape, False, mode, "float32", bq, bk)),
         ]
         if torch:
