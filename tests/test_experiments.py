@@ -15,10 +15,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def fast_compile_env(tmp_path_factory):
-    """Smoke runs check plumbing, not speed: cheaper XLA optimization, and a compilation
-    cache shared by the runs of this module (a resumed run recompiles the same step)."""
+    """Smoke runs check plumbing, not speed: a compilation cache shared by the runs of this
+    module (a resumed run recompiles the same step). They inherit the suite's cheaper XLA
+    optimization (``XLA_FLAGS``, set by conftest)."""
     return {
-        "XLA_FLAGS": script_helpers.FAST_COMPILE_XLA_FLAGS,
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
