@@ -7,8 +7,8 @@ import sys
 
 # Most tests compile many small programs and run each once: cheaper LLVM optimization saves
 # about a fifth of their time (tests/conftest.py adds these flags to XLA_FLAGS for the whole
-# suite). Code that is timed or trains for long (the notebooks, the timed slow tests) runs
-# with the caller's own XLA_FLAGS instead: see :func:`user_env`.
+# suite). Code that is timed or trains for long (the notebooks that train, the timed slow
+# tests) runs with the caller's own XLA_FLAGS instead: see :func:`user_env`.
 FAST_COMPILE_XLA_FLAGS = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 )
