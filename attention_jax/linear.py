@@ -37,6 +37,7 @@ input dtype, states the compute dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -194,6 +195,9 @@ def _scan_states(s0, decay, kv):
             s_next = s + u
         return s_next, s
 
+    if kv.shape[0] == 1:  # one chunk: no loop, and an unused final state is dead code
+        final, start = step(s0, (None if decay is None else decay[0], kv[0]))
+        return start[None], final
     final, starts = jax.lax.scan(step, s0, (decay, kv))
     return starts, final
 
@@ -251,6 +255,13 @@ def _taylor(x: jax.Array) -> jax.Array:
         [one, x / d**0.25, x * x / math.sqrt(2.0 * d), *(p / math.sqrt(d) for p in pairs)],
         axis=-1,
     )
+
+
+def _taylor_kernel(qk: jax.Array, head_dim: int) -> jax.Array:
+    """``phi(q) . phi(k)`` of :func:`_taylor` from ``qk = q . k``: ``1 + s + s^2 / 2`` with
+    ``s = q . k / sqrt(H_k)``."""
+    s = qk / math.sqrt(head_dim)
+    return 1.0 + s + 0.5 * s * s
 
 
 def _favor(x: jax.Array, projection: jax.Array) -> jax.Array:
@@ -345,19 +356,29 @@ def _gla_intra_per_dim(q: jax.Array, k: jax.Array, b: jax.Array) -> jax.Array:
     return a.reshape(*lead, big_c, big_c)
 
 
-def _linear_core(q, k, v, log_decay, s0, c: int):
+def _linear_core(q, k, v, log_decay, s0, c: int, *, kernel=None, zero_start: bool = False):
     """Chunked ``S_t = a_t S_{t-1} + k_t v_t^T``, ``o_t = q_t^T S_t`` (``a_t = exp(log_decay_t)``,
     1 when ``log_decay`` is None).
 
     ``q, k: [B, T, N, D]``, ``v: [B, T, N, E]`` (heads already repeated), ``log_decay``
     None, ``[B, T, N]`` or ``[B, T, N, D]``, ``s0: [B, N, D, E]``, all in the compute dtype.
+    ``kernel``: None, or ``(q_raw, k_raw, fn)`` (no decay only) with ``q . k = fn(q_raw .
+    k_raw)`` for the feature-mapped ``q, k``: the scores inside a chunk then cost ``H_k``
+    instead of ``D`` per pair (the Taylor map: ``D = 153`` features of ``H_k = 16``).
+    ``zero_start``: ``s0`` is zeros (no initial state), so the first chunk skips the
+    inter-chunk product (a sequence of one chunk then never reads ``q`` past the kernel).
     Returns ``o [B, T, N, E]`` and the final state ``[B, N, D, E]``.
     """
     t = q.shape[1]
     qc, kc, vc = _chunked(q, c), _chunked(k, c), _chunked(v, c)  # [nc, B, N, C, *]
     incl = _tril(c)
     if log_decay is None:
-        a = jnp.where(incl, jnp.einsum("...td,...sd->...ts", qc, kc), 0.0)
+        if kernel is None:
+            scores = jnp.einsum("...td,...sd->...ts", qc, kc)
+        else:
+            q_raw, k_raw, fn = kernel
+            scores = fn(jnp.einsum("...td,...sd->...ts", _chunked(q_raw, c), _chunked(k_raw, c)))
+        a = jnp.where(incl, scores, 0.0)
         kv = jnp.einsum("...sd,...se->...de", kc, vc)
         starts, final = _scan_states(s0, None, kv)
         q_inter = qc
@@ -379,9 +400,12 @@ def _linear_core(q, k, v, log_decay, s0, c: int):
             q_inter = qc * jnp.exp(bc)
         kv = jnp.einsum("...sd,...se->...de", k_state, vc)
         starts, final = _scan_states(s0, jnp.exp(last), kv)
-    out = jnp.einsum("...ts,...se->...te", a, vc) + jnp.einsum(
-        "...td,...de->...te", q_inter, starts
-    )
+    out = jnp.einsum("...ts,...se->...te", a, vc)
+    if zero_start:  # the first chunk starts from a zero state: no inter-chunk term there
+        inter = jnp.einsum("...td,...de->...te", q_inter[1:], starts[1:])
+        out = out + jnp.pad(inter, [(1, 0)] + [(0, 0)] * (inter.ndim - 1))
+    else:
+        out = out + jnp.einsum("...td,...de->...te", q_inter, starts)
     return _unchunked(out, t), final
 
 
@@ -516,8 +540,24 @@ def linear_attention(
         s0 = _check_state(initial_state, (b, n, f, hv), "[B, N, F, H_v]", fn=fn).astype(acc)
     groups = n // kh
     c = min(c, t) if t else c
-    fq, fk = phi(query.astype(acc)).astype(acc), phi(key.astype(acc)).astype(acc)
-    out, final = _linear_core(fq, _repeat_heads(fk, groups), _repeat_heads(v, groups), None, s0, c)
+    q_acc, k_acc = query.astype(acc), _repeat_heads(key.astype(acc), groups)
+    fq, fk = phi(q_acc).astype(acc), phi(k_acc).astype(acc)
+    # Based's parallel form inside a chunk: phi(q).phi(k) from q.k, H_k instead of F per pair.
+    kernel = (
+        (q_acc, k_acc, functools.partial(_taylor_kernel, head_dim=hk))
+        if feature_map == "taylor"
+        else None
+    )
+    out, final = _linear_core(
+        fq,
+        fk,
+        _repeat_heads(v, groups),
+        None,
+        s0,
+        c,
+        kernel=kernel,
+        zero_start=initial_state is None,
+    )
     if normalize:
         out = out[..., :hv] / (out[..., hv:] + eps)
         final = (final[..., :hv], final[..., hv])
@@ -609,6 +649,7 @@ def gated_linear_attention(
         log_decay.astype(acc),
         s0,
         c,
+        zero_start=initial_state is None,
     )
     out = out.astype(query.dtype)
     return (out, final) if return_state else out

@@ -54,6 +54,7 @@ CONV = {"deltanet": 4, "gated_deltanet": 4}  # the short convolution of their pa
 GRID = dict(seq_lens=(64, 128, 256), d_models=(32, 64, 128), lrs=(1e-3, 3e-3, 1e-2))
 QUICK = dict(seq_lens=(64,), d_models=(64,), lrs=(1e-2,))  # the delta rule needs 1e-2
 QUICK_STEPS = 200
+DEFAULT_CHUNK = 16
 
 
 def make_parser():
@@ -65,7 +66,11 @@ def make_parser():
     p.add_argument("--lrs", default=None, help="comma-separated peak learning rates")
     p.add_argument("--head-dim", type=int, default=16)
     p.add_argument(
-        "--chunk-size", type=int, default=16, help="chunk of the linear mixers' chunked form"
+        "--chunk-size",
+        type=int,
+        default=None,
+        help=f"chunk of the linear mixers' chunked form (default {DEFAULT_CHUNK}; based: the "
+        "sequence length, its parallel form)",
     )
     p.add_argument("--layers", type=int, default=2)
     p.add_argument(
@@ -142,6 +147,15 @@ def parse_args(argv=None, p=None):
     return args
 
 
+def chunk_size(mixer: str, *, seq_len: int, args) -> int:
+    """``--chunk-size``, or by default the fastest measured here (``benchmarks/RESULTS.md``,
+    "MQAR"): Based in one chunk (its Taylor kernel scores a chunk from ``q . k``, 16 dims
+    instead of its 153 features, which then only build the state), the others 16."""
+    if args.chunk_size is not None:
+        return args.chunk_size
+    return seq_len if mixer == "based" else DEFAULT_CHUNK
+
+
 def model_config(mixer: str, *, d_model: int, seq_len: int, args) -> TransformerConfig:
     return TransformerConfig(
         vocab_size=args.vocab,
@@ -154,7 +168,7 @@ def model_config(mixer: str, *, d_model: int, seq_len: int, args) -> Transformer
         positional="rope" if mixer == "softmax" else "none",
         attention=mixer,
         conv_size=CONV.get(mixer),
-        linear_chunk_size=args.chunk_size,
+        linear_chunk_size=chunk_size(mixer, seq_len=seq_len, args=args),
         linear_gate_activation=args.linear_gate_activation if mixer in LINEAR_GATED else "silu",
     )
 
@@ -265,6 +279,7 @@ def train_cell(mixer, *, seq_len, d_model, args, key) -> list[dict]:
                 for h in history
             ],
             "num_params": num_params,
+            "chunk_size": config.linear_chunk_size,
             # the time of one step of all the learning rates together
             "ms_per_step_all_lrs": ms,
         }

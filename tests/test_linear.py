@@ -78,7 +78,20 @@ def np_favor(projection):
     return phi
 
 
-NP_MAPS = {"elu1": np_elu1, "relu": lambda x: np.maximum(x, 0.0), "identity": lambda x: x}
+def np_taylor(x):
+    """Based's features in the documented layout: 1, x / d^(1/4), x_i^2 / sqrt(2 d), then
+    x_i x_j / sqrt(d) for i < j in row-major order."""
+    d = len(x)
+    pairs = [x[i] * x[j] / math.sqrt(d) for i in range(d) for j in range(i + 1, d)]
+    return np.concatenate([[1.0], x / d**0.25, x * x / math.sqrt(2 * d), pairs])
+
+
+NP_MAPS = {
+    "elu1": np_elu1,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "identity": lambda x: x,
+    "taylor": np_taylor,
+}
 
 
 def np_linear(q, k, v, phi, normalize, state=None, eps=1e-6):
@@ -179,15 +192,20 @@ def zero_state(b=2, n=4, h=6, hv=5, normalize=None):
     [
         ("elu1", True, 4, 6),
         ("relu", False, 1, None),
+        ("taylor", True, 4, 6),
+        ("elu1", True, 8, 6),
         pytest.param("identity", False, 32, None, marks=pytest.mark.slow),
     ],
 )
 def test_linear_matches_reference(feature_map, normalize, chunk, split):
-    """GQA (N=4, K=2): chunk 4 at T=12 in two calls of 6 (ragged chunks, state carried),
-    chunk 1 (the recurrence), 32 (above T=11)."""
+    """GQA (N=4, K=2): chunk 4 at T=12 in two calls of 6 (ragged chunks, state carried; the
+    Taylor map's chunks score by its kernel, its states by its features), chunk 8 above the
+    halves' 6 (one chunk per call, from a zero and from a carried state), chunk 1 (the
+    recurrence), 32 (above T=11)."""
     q, k, v, *_ = inputs(t=11 if split is None else 12)
     want, (s, z) = np_linear(q, k, v, NP_MAPS[feature_map], normalize)
-    state0 = zero_state(normalize=True) if normalize else zero_state()
+    f = s.shape[2]
+    state0 = zero_state(h=f, normalize=True) if normalize else zero_state(h=f)
     check_reference(
         linear_attention,
         (q, k, v),
