@@ -448,6 +448,9 @@ def linear_attention(
       :math:`\phi(q)^\top\phi(k) = 1 + s + s^2/2`, :math:`s = q^\top k/\sqrt{H_k}` (the
       layout of flash-linear-attention's ``TaylorFeatureMap``);
       ``F = 1 + H_k + H_k (H_k + 1) / 2`` (153 for ``H_k = 16``, Based's feature dim).
+      Inside a chunk the scores come from that kernel on :math:`q^\top k` (``H_k`` per pair,
+      not ``F``; Based's parallel form); the features only build the state, so a large
+      ``chunk_size`` (up to ``T``: no state to carry) is the fast choice for short sequences.
     * ``"favor"``: Performer's positive random features (FAVOR+, Choromanski et al. 2021):
       :math:`\phi(x) = \exp(W x' - \|x'\|^2/2) / \sqrt{M}`, :math:`x' = x / H_k^{1/4}`, an
       unbiased estimate of :math:`\exp(q^\top k/\sqrt{H_k})`; ``F = M``. ``W [M, H_k]`` is

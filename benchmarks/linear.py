@@ -1,9 +1,12 @@
 """Linear-attention benchmark: forward+backward time (and peak memory) against sequence length,
 the chunked linear mixers of :mod:`attention_jax.linear` beside causal flash softmax attention.
 
-Implementations (``--impls``), all jitted, ``[B, T, N, H]`` inputs in ``--dtype``:
+Implementations (``--impls``; all but ``based`` by default), all jitted, ``[B, T, N, H]``
+inputs in ``--dtype``:
 
 - ``linear``: ``linear_attention`` (elu+1 feature map, normalized);
+- ``based``: ``linear_attention`` with the Taylor feature map (Based; normalized, 153
+  features for ``--head-dim 16``);
 - ``gla``: ``gated_linear_attention`` with one log decay per token and head (``[B, T, N]``,
   RetNet / Mamba-2 style);
 - ``gla_dim``: ``gated_linear_attention`` with a log decay per key dimension
@@ -31,6 +34,8 @@ Usage::
   python benchmarks/linear.py                         # T = 1k .. 64k into benchmarks/results/
   python benchmarks/linear.py --quick --out out/linear-quick   # T <= 2k, 1 repetition
   python benchmarks/linear.py --impls gla,flash --lengths 4096,16384 --no-memory
+  python benchmarks/linear.py --impls linear,based --lengths 64,256 --batch 192 --heads 8 \
+      --head-dim 16 --chunk 16 --no-memory     # the MQAR grid's shapes (3 lrs x batch 64)
 
 Writes ``linear_<device>.json``, ``.md`` and ``.png`` (``linear_<device>_quick.*`` with
 ``--quick``) into ``--out``.
@@ -45,7 +50,9 @@ from pathlib import Path
 
 import attention  # the sibling benchmark: timing loop, memory measurement, environment
 
-ALL_IMPLS = ("linear", "gla", "gla_dim", "deltanet", "gated_deltanet", "flash")
+ALL_IMPLS = ("linear", "based", "gla", "gla_dim", "deltanet", "gated_deltanet", "flash")
+# Based only when asked: at --head-dim 64 its state has 2145 features per head.
+DEFAULT_IMPLS = tuple(i for i in ALL_IMPLS if i != "based")
 DEFAULT_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 QUICK_LENGTHS = "1024,2048"
 
@@ -125,6 +132,8 @@ def make_fn(impl: str, chunk: int):
             )
         if impl == "linear":
             return linear.linear_attention(q, k, v, chunk_size=chunk)
+        if impl == "based":
+            return linear.linear_attention(q, k, v, feature_map="taylor", chunk_size=chunk)
         if impl in ("gla", "gla_dim"):
             return linear.gated_linear_attention(q, k, v, gates[0], chunk_size=chunk)
         if impl == "deltanet":
@@ -348,7 +357,7 @@ def run(args, device: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder")
-    parser.add_argument("--impls", default=",".join(ALL_IMPLS), help=f"subset of {ALL_IMPLS}")
+    parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"subset of {ALL_IMPLS}")
     parser.add_argument("--lengths", help=f"comma-separated T (default {DEFAULT_LENGTHS})")
     parser.add_argument("--quick", action="store_true", help=f"T in {QUICK_LENGTHS}, 1 repeat")
     parser.add_argument("--batch", type=int, default=1)
