@@ -543,17 +543,18 @@ def linear_attention(
         s0 = _check_state(initial_state, (b, n, f, hv), "[B, N, F, H_v]", fn=fn).astype(acc)
     groups = n // kh
     c = min(c, t) if t else c
-    q_acc, k_acc = query.astype(acc), _repeat_heads(key.astype(acc), groups)
+    q_acc, k_acc = query.astype(acc), key.astype(acc)
+    # The map on the K key heads (as documented), repeated to the query heads afterwards.
     fq, fk = phi(q_acc).astype(acc), phi(k_acc).astype(acc)
     # Based's parallel form inside a chunk: phi(q).phi(k) from q.k, H_k instead of F per pair.
     kernel = (
-        (q_acc, k_acc, functools.partial(_taylor_kernel, head_dim=hk))
+        (q_acc, _repeat_heads(k_acc, groups), functools.partial(_taylor_kernel, head_dim=hk))
         if feature_map == "taylor"
         else None
     )
     out, final = _linear_core(
         fq,
-        fk,
+        _repeat_heads(fk, groups),
         _repeat_heads(v, groups),
         None,
         s0,

@@ -284,6 +284,20 @@ def test_linear_callable_feature_map():
     chex.assert_trees_all_close(out, want, **TOL)
 
 
+def test_linear_callable_feature_map_sees_query_then_key_heads():
+    """Under GQA (N=4, K=2) the map runs on the queries' N heads, then on the keys' K heads
+    (once each, before the key heads are repeated), as documented."""
+    q, k, v, *_ = inputs(t=6)
+    heads = []
+
+    def phi(x):
+        heads.append(x.shape[2])
+        return jax.nn.elu(x) + 1.0
+
+    linear_attention(q, k, v, feature_map=phi, chunk_size=4)
+    assert heads[-2:] == [4, 2], heads
+
+
 @pytest.mark.parametrize(
     "per_dim, chunk, t, split, strength, scale",
     [
